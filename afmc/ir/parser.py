@@ -1,0 +1,315 @@
+"""Parse the IR text form written by ``printer.py`` back into a ``Module``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ParseError
+from . import dtypes
+from .core import Attrs, Constant, Module, Op, SymbolRef, TensorType, Value
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+|//[^\n]*)
+  | (?P<type>tensor<[^>]*>)
+  | (?P<value>%(?:"(?:[^"\\]|\\.)*"|[A-Za-z0-9_.$/-]+))
+  | (?P<symbol>@(?:"(?:[^"\\]|\\.)*"|[A-Za-z0-9_.$/-]+))
+  | (?P<string>"(?:[^"\\]|\\.)*")
+  | (?P<number>[-+]?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+|inf\b|nan\b))
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
+  | (?P<arrow>->)
+  | (?P<punct>[(){}\[\]<>,=:])
+    """,
+    re.VERBOSE,
+)
+
+
+@dataclass
+class Token:
+    kind: str
+    text: str
+    pos: int
+
+
+def tokenize(text: str, file: str | None = None) -> list[Token]:
+    tokens: list[Token] = []
+    pos = 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise ParseError(f"{_where(text, pos)}: unexpected character {text[pos]!r}", file=file)
+        kind = match.lastgroup or ""
+        if kind != "ws":
+            tokens.append(Token(kind, match.group(), pos))
+        pos = match.end()
+    tokens.append(Token("eof", "", len(text)))
+    return tokens
+
+
+def _where(text: str, pos: int) -> str:
+    line = text.count("\n", 0, pos) + 1
+    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return f"line {line}, column {column}"
+
+
+def parse_type(text: str) -> TensorType:
+    """``tensor<1x3xf32>`` or ``tensor<f32>`` into a ``TensorType``."""
+    body = text[len("tensor<") : -1]
+    *dims, dtype = body.split("x") if body not in dtypes.DTYPES else [body]
+    try:
+        shape = tuple(-1 if d == "?" else int(d) for d in dims)
+        return TensorType(shape, dtype)
+    except ValueError:
+        raise ValueError(f"malformed type {text}") from None
+
+
+def _unquote(text: str) -> str:
+    body = text[1:]
+    return json.loads(body) if body.startswith('"') else body
+
+
+class Parser:
+    def __init__(self, text: str, file: str | None = None) -> None:
+        self.text = text
+        self.file = file
+        self.tokens = tokenize(text, file)
+        self.index = 0
+        self.values: dict[str, Value] = {}
+
+    # -- token helpers ---------------------------------------------------------------------
+    @property
+    def peek(self) -> Token:
+        return self.tokens[self.index]
+
+    def next(self) -> Token:
+        token = self.tokens[self.index]
+        self.index += 1
+        return token
+
+    def error(self, message: str, token: Token | None = None) -> ParseError:
+        token = token or self.peek
+        return ParseError(f"{_where(self.text, token.pos)}: {message}", file=self.file)
+
+    def expect(self, text: str) -> Token:
+        token = self.next()
+        if token.text != text:
+            raise self.error(f"expected {text!r}, found {token.text or 'end of file'!r}", token)
+        return token
+
+    def expect_kind(self, kind: str) -> Token:
+        token = self.next()
+        if token.kind != kind:
+            raise self.error(f"expected a {kind}, found {token.text or 'end of file'!r}", token)
+        return token
+
+    def accept(self, text: str) -> bool:
+        if self.peek.text == text:
+            self.index += 1
+            return True
+        return False
+
+    def type(self) -> TensorType:
+        token = self.expect_kind("type")
+        try:
+            return parse_type(token.text)
+        except ValueError as exc:
+            raise self.error(str(exc), token) from None
+
+    # -- grammar ---------------------------------------------------------------------------
+    def module(self) -> Module:
+        self.expect("module")
+        module = Module(_unquote(self.expect_kind("symbol").text))
+        if self.accept("attributes"):
+            module.attributes = self.attr_dict()
+        self.expect("{")
+        while self.peek.text == "const":
+            constant = self.constant()
+            if constant.name in module.constants:
+                raise self.error(f"duplicate constant @{constant.name}")
+            module.constants[constant.name] = constant
+        self.expect("graph")
+        self.expect("(")
+        while self.peek.text != ")":
+            name = _unquote(self.expect_kind("value").text)
+            self.expect(":")
+            self.define(name, module.add_input(name, self.type()) if name not in self.values else None)
+            if not self.accept(","):
+                break
+        self.expect(")")
+        self.expect("{")
+        while self.peek.text != "return":
+            module.append(self.op(module))
+        self.expect("return")
+        if self.peek.kind == "value":
+            module.outputs.append(self.use())
+            while self.accept(","):
+                module.outputs.append(self.use())
+        self.expect("}")
+        self.expect("}")
+        if self.peek.kind != "eof":
+            raise self.error(f"unexpected {self.peek.text!r} after the module")
+        return module
+
+    def define(self, name: str, value: Value | None) -> None:
+        if value is None:
+            raise self.error(f"value %{name} is defined twice")
+        self.values[name] = value
+
+    def use(self) -> Value:
+        token = self.expect_kind("value")
+        name = _unquote(token.text)
+        if name not in self.values:
+            raise self.error(f"use of undefined value %{name}", token)
+        return self.values[name]
+
+    def constant(self) -> Constant:
+        self.expect("const")
+        name = _unquote(self.expect_kind("symbol").text)
+        self.expect(":")
+        type = self.type()
+        self.expect("=")
+        kind = self.expect_kind("ident")
+        if kind.text == "dense":
+            array = self.dense_body(type)
+            return Constant(name, type, array)
+        if kind.text in ("elided", "base64"):
+            self.expect("<")
+            payload = json.loads(self.expect_kind("string").text)
+            self.expect(">")
+            if kind.text == "elided":
+                return Constant(name, type, None, digest=payload)
+            raw = base64.b64decode(payload)
+            np_dtype = dtypes.to_numpy(type.dtype).newbyteorder("<")
+            if len(raw) != type.numel * np_dtype.itemsize:
+                raise self.error(f"constant @{name}: {len(raw)} bytes do not fill {type}", kind)
+            return Constant(name, type, np.frombuffer(raw, np_dtype).astype(np_dtype.newbyteorder("=")).reshape(type.shape))
+        raise self.error(f"expected dense, elided or base64, found {kind.text!r}", kind)
+
+    def dense_body(self, type: TensorType) -> np.ndarray:
+        token = self.expect("<")
+        items = self.attr_value()
+        self.expect(">")
+        return self.dense_array(items, type, token)
+
+    def dense_array(self, items: Any, type: TensorType, token: Token) -> np.ndarray:
+        if not isinstance(items, tuple):
+            items = (items,)
+        if type.dtype == "str":
+            array = np.array(list(items), dtype=object)
+        else:
+            try:
+                array = np.array(items, dtype=dtypes.to_numpy(type.dtype))
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise self.error(f"dense elements do not fit {type}: {exc}", token) from None
+        if array.size != type.numel:
+            raise self.error(f"dense has {array.size} elements, {type} needs {type.numel}", token)
+        return array.reshape(type.shape)
+
+    def op(self, module: Module) -> Op:
+        names: list[str] = []
+        if self.peek.kind == "value":
+            names.append(_unquote(self.next().text))
+            while self.accept(","):
+                names.append(_unquote(self.expect_kind("value").text))
+            self.expect("=")
+        name_token = self.expect_kind("ident")
+        if "." not in name_token.text:
+            raise self.error(f"op name {name_token.text!r} lacks a dialect", name_token)
+        self.expect("(")
+        operands: list[Value | None] = []
+        while self.peek.text != ")":
+            operands.append(None if self.accept("none") else self.use())
+            if not self.accept(","):
+                break
+        self.expect(")")
+        attributes = self.attr_dict() if self.peek.text == "{" else Attrs()
+        self.expect(":")
+        types: list[TensorType] = []
+        if self.accept("("):
+            self.expect(")")
+        else:
+            types.append(self.type())
+            while self.accept(","):
+                types.append(self.type())
+        if len(types) != len(names):
+            raise self.error(f"{name_token.text} has {len(names)} results but {len(types)} types", name_token)
+        loc = ""
+        if self.accept("loc"):
+            self.expect("(")
+            loc = json.loads(self.expect_kind("string").text)
+            self.expect(")")
+        results = []
+        for name, type in zip(names, types):
+            if name in self.values:
+                raise self.error(f"value %{name} is defined twice")
+            module.claim_name(name)
+            results.append(Value(name, type))
+        op = Op(name_token.text, operands, results, attributes, loc)
+        for result in results:
+            self.values[result.name] = result
+        return op
+
+    def attr_dict(self) -> Attrs:
+        self.expect("{")
+        items: list[tuple[str, Any]] = []
+        while self.peek.text != "}":
+            token = self.next()
+            if token.kind == "string":
+                key = json.loads(token.text)
+            elif token.kind == "ident":
+                key = token.text
+            else:
+                raise self.error(f"expected an attribute name, found {token.text!r}", token)
+            self.expect("=")
+            items.append((key, self.attr_value()))
+            if not self.accept(","):
+                break
+        self.expect("}")
+        return Attrs(items)
+
+    def attr_value(self) -> Any:
+        token = self.peek
+        if token.text == "[":
+            self.next()
+            items = []
+            while self.peek.text != "]":
+                items.append(self.attr_value())
+                if not self.accept(","):
+                    break
+            self.expect("]")
+            return tuple(items)
+        if token.text == "{":
+            return self.attr_dict()
+        self.next()
+        if token.kind == "number":
+            text = token.text
+            return float(text) if any(c in text for c in ".eEin") else int(text)
+        if token.kind == "string":
+            return json.loads(token.text)
+        if token.kind == "symbol":
+            return SymbolRef(_unquote(token.text))
+        if token.kind == "type":
+            try:
+                return parse_type(token.text)
+            except ValueError as exc:
+                raise self.error(str(exc), token) from None
+        if token.text in ("true", "false"):
+            return token.text == "true"
+        if token.text == "dense":
+            self.expect("<")
+            items = self.attr_value()
+            self.expect(">")
+            self.expect(":")
+            return self.dense_array(items, self.type(), token)
+        raise self.error(f"expected an attribute value, found {token.text or 'end of file'!r}", token)
+
+
+def parse_module(text: str, file: str | None = None) -> Module:
+    """Parse IR text; errors say the line and column."""
+    return Parser(text, file).module()
