@@ -343,6 +343,24 @@ class Module:
                     user.set_operand(index, new)
         self.outputs = [new if v is old else v for v in self.outputs]
 
+    def forward(self, old: Value, new: Value) -> bool:
+        """Replace ``old`` by ``new`` everywhere, keeping graph output names stable.
+
+        When ``old`` is a graph output, ``new`` takes over its name; that is impossible when
+        ``new`` is itself a graph input or output, and then nothing changes and ``False`` returns.
+        """
+        outputs = {id(v) for v in self.outputs}
+        if id(old) in outputs:
+            if new.producer is None or id(new) in outputs:
+                return False
+            self._names.discard(new.name)
+            old_name = old.name
+            old.name = self.fresh_name(f"{old_name}.replaced")
+            new.name = old_name
+            self._names.add(old_name)
+        self.replace_uses(old, new)
+        return True
+
     def remove_dead(self) -> int:
         """Drop ops whose results are unused and not outputs, and unreferenced constants."""
         live_outputs = {id(v) for v in self.outputs}

@@ -1,0 +1,5 @@
+"""``python -m afmc``."""
+
+from .cli import run
+
+run()

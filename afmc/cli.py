@@ -1,0 +1,205 @@
+"""The ``afmc`` command line (contract in DESIGN.md: commands, options, exit codes 0/1/2/3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .diagnostics import configure_logging, report_error
+from .errors import AfmcError, UsageError
+from .ir.printer import print_module
+from .pipeline import Instrumentation
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def parse_input_shapes(specs: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """``NAME=1x3x224x224`` (repeatable) into a dict; bad syntax names the offending spec."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d <= 0 for d in shape):
+            raise UsageError(f"--input-shape '{spec}': expected NAME=D1xD2x... with positive dimensions")
+        if name in shapes:
+            raise UsageError(f"--input-shape: input '{name}' is given twice")
+        shapes[name] = shape
+    return shapes
+
+
+def write_text_atomically(path: Path, text: str, force: bool) -> None:
+    """Write through a temporary file in the same folder and rename: never a half-written file."""
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+input_shape_option = click.option(
+    "--input-shape", "input_shape", multiple=True, metavar="NAME=1x3x224x224",
+    help="Static shape for an input with dynamic dimensions (repeatable).",
+)
+target_option = click.option("--target", "-t", "target", metavar="T", help="Built-in target name or path to a target TOML.")
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="afmc")
+@click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
+def cli(verbose: int) -> None:
+    """afmc: compile ONNX models onto analog in-memory-compute chips, check the fit, simulate them."""
+    configure_logging(verbose)
+
+
+@cli.command("compile", context_settings=CONTEXT)
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@target_option
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the result (IR text without a target).")
+@input_shape_option
+@click.option("--pipeline", metavar="SPEC", help="Pass pipeline, e.g. 'canonicalize,fold-batchnorm'.")
+@click.option("--print-ir-before", "print_before", multiple=True, metavar="PASS|all", help="Print the IR before a pass.")
+@click.option("--print-ir-after", "print_after", multiple=True, metavar="PASS|all", help="Print the IR after a pass.")
+@click.option("--dump-ir-dir", type=click.Path(file_okay=False, path_type=Path), help="Write NNN_<pass>.mlir after each pass.")
+@click.option("--timing", is_flag=True, help="Print the time each pass took.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def compile_command(
+    model: Path, target: str | None, output: Path | None, input_shape: tuple[str, ...], pipeline: str | None,
+    print_before: tuple[str, ...], print_after: tuple[str, ...], dump_ir_dir: Path | None, timing: bool,
+    seed: int, force: bool,
+) -> None:
+    """Compile MODEL (ONNX, or IR text .mlir) through the pass pipeline."""
+    from .driver import compile_module, load_module, load_target, pipeline_for
+
+    shapes = parse_input_shapes(input_shape)
+    spec = load_target(target)
+    passes = pipeline_for(spec, pipeline)
+    instruments = Instrumentation(
+        frozenset(print_before), frozenset(print_after), dump_ir_dir, timing, stream=sys.stderr
+    )
+    module = load_module(model, shapes)
+    result = compile_module(module, spec, instruments=instruments, seed=seed, passes=passes)
+    if timing:
+        sys.stderr.write(instruments.timing_report())
+    text = print_module(result.module)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_text_atomically(output, text, force)
+
+
+@cli.command("ir", context_settings=CONTEXT)
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@target_option
+@input_shape_option
+@click.option("--after", "after", metavar="PASS", help="Run the pipeline up to and including PASS.")
+@click.option("--pipeline", metavar="SPEC", help="Pass pipeline to use with --after.")
+@click.option("--constants", is_flag=True, help="Print every constant's data instead of eliding large ones.")
+def ir_command(
+    model: Path, target: str | None, input_shape: tuple[str, ...], after: str | None, pipeline: str | None,
+    constants: bool,
+) -> None:
+    """Print the IR of MODEL; a .mlir file is parsed, verified and printed back."""
+    from .driver import compile_module, load_module, load_target, pipeline_for
+
+    spec = load_target(target)
+    passes = pipeline_for(spec, pipeline)
+    module = load_module(model, parse_input_shapes(input_shape))
+    if after is not None:
+        compile_module(module, spec, stop_after=after, passes=passes)
+    click.echo(print_module(module, constants=constants), nl=False)
+
+
+@cli.command("passes", context_settings=CONTEXT)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def passes_command(fmt: str) -> None:
+    """List every pass with its options and what it does."""
+    from .pipeline import describe_passes
+
+    rows = describe_passes()
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<16} {row['summary']}")
+        for option in row["options"]:
+            click.echo(f"    {option['name']}={option['type']} (default {option['default']!r})")
+
+
+@cli.command("targets", context_settings=CONTEXT)
+@click.argument("name", required=False)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def targets_command(name: str | None, fmt: str) -> None:
+    """List the targets, or show one (a built-in name, a plugin name or a TOML path)."""
+    from .targets import list_targets, load_target
+
+    if name is None:
+        names = list_targets()
+        if fmt == "json":
+            click.echo(json.dumps([_target_row(load_target(n)) for n in names], indent=2))
+        else:
+            for n in names:
+                row = _target_row(load_target(n))
+                click.echo(f"{n:<12} {row.get('technology', ''):<9} {row.get('description', '')}")
+        return
+    spec = load_target(name)
+    data = spec.to_dict()
+    click.echo(json.dumps(data, indent=2) if fmt == "json" else _format_target(data))
+
+
+def _target_row(spec: Any) -> dict[str, Any]:
+    data = spec.to_dict()
+    return {"name": data.get("name"), "technology": data.get("technology"), "description": data.get("description", "")}
+
+
+def _format_target(data: dict[str, Any], indent: str = "") -> str:
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.append(f"{indent}{key}:")
+            lines.append(_format_target(value, indent + "  "))
+        else:
+            lines.append(f"{indent}{key}: {value}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the CLI and maps every failure to one line and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="afmc", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        print("afmc: error: interrupted", file=sys.stderr)
+        return 130
+    except click.ClickException as exc:
+        print(f"afmc: error: {exc.format_message()}".replace("\n", " "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("afmc: error: interrupted", file=sys.stderr)
+        return 130
+    except AfmcError as exc:
+        return report_error(exc)
+    except Exception as exc:  # noqa: BLE001  (last line of defence: one line, exit 1)
+        return report_error(exc)
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The compile driver behind the CLI and the Python API: load, pick a pipeline, run it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import AfmcError, FrontendError
+from .ir.core import Module
+from .ir.parser import parse_module
+from .ir.verify import verify
+from .pipeline import Instrumentation, Pass, PassContext, parse_pipeline, run_passes
+
+#: The pipeline used without a target: the target-independent cleanups.
+GENERIC_PIPELINE = "canonicalize,fold-constants,fold-batchnorm,canonicalize"
+
+
+def load_module(path: str | Path, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Module:
+    """An ONNX model (imported) or an IR text file (``.mlir``: parsed and verified)."""
+    path = Path(path)
+    if path.suffix == ".mlir":
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FrontendError(f"cannot read IR file: {exc.strerror if isinstance(exc, OSError) else exc}", file=str(path)) from None
+        module = parse_module(text, file=str(path))
+        try:
+            verify(module)
+        except AfmcError as exc:
+            exc.file = str(path)
+            raise
+        return module
+    from .frontend import import_onnx
+
+    return import_onnx(path, input_shapes=dict(input_shapes or {}))
+
+
+def load_target(name: str | None) -> Any:
+    if name is None:
+        return None
+    from .targets import load_target as load
+
+    return load(name)
+
+
+def pipeline_for(target: Any, spec: str | None) -> list[Pass]:
+    """``spec`` when given, else the target's default pipeline, else the generic one."""
+    if spec is None:
+        spec = getattr(target, "pipeline", None) or GENERIC_PIPELINE
+    return parse_pipeline(spec).instantiate()
+
+
+@dataclass
+class Compilation:
+    """A compiled module and everything the passes learned about it."""
+
+    module: Module
+    context: PassContext
+    instruments: Instrumentation = field(default_factory=Instrumentation)
+
+
+def compile_module(
+    module: Module,
+    target: Any = None,
+    pipeline: str | None = None,
+    instruments: Instrumentation | None = None,
+    seed: int = 0,
+    calibration_data: dict[str, Any] | None = None,
+    stop_after: str | None = None,
+    passes: list[Pass] | None = None,
+) -> Compilation:
+    """Run the pipeline on ``module`` (in place); ``stop_after`` ends after the named pass.
+
+    ``passes`` (already parsed) wins over ``pipeline`` (a string) and the target's default.
+    """
+    passes = passes if passes is not None else pipeline_for(target, pipeline)
+    if stop_after is not None:
+        names = [p.name for p in passes]
+        if stop_after not in names:
+            raise AfmcError(f"--after: pass '{stop_after}' is not in the pipeline ({', '.join(names)})")
+        passes = passes[: len(names) - names[::-1].index(stop_after)]
+    ctx = PassContext(target=target, seed=seed, calibration_data=calibration_data)
+    instruments = instruments or Instrumentation()
+    run_passes(module, passes, ctx, instruments)
+    return Compilation(module, ctx, instruments)

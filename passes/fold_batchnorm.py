@@ -1,0 +1,158 @@
+"""``fold-batchnorm``: fold inference-mode BatchNormalization into the Conv/Gemm/MatMul before it.
+
+BN(y) = a·y + b per channel with a = scale/√(var+ε) and b = B − mean·a, so scaling the producer's
+output channels by a and adding b to its bias removes the BN without changing the function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from afmc.ir.core import Module, Op
+from afmc.pipeline import Pass, PassContext, register_pass
+
+#: Producer op -> folder(module, producer, a, b) returning the ops that replace the producer.
+Folder = Callable[[Module, Op, np.ndarray, np.ndarray], "list[Op] | None"]
+FOLDERS: dict[str, Folder] = {}
+
+
+def folder(name: str) -> Callable[[Folder], Folder]:
+    def register(fn: Folder) -> Folder:
+        FOLDERS[name] = fn
+        return fn
+
+    return register
+
+
+def _const(module: Module, array: np.ndarray, like: np.ndarray, hint: str, loc: str) -> Op:
+    return module.add_constant(array.astype(like.dtype), hint, loc)[1]
+
+
+@folder("nn.conv")
+def fold_into_conv(module: Module, op: Op, a: np.ndarray, b: np.ndarray) -> list[Op] | None:
+    weight = module.constant_of(op.operands[1])
+    if weight is None:
+        return None
+    bias = module.constant_of(op.operands[2]) if len(op.operands) > 2 and op.operands[2] is not None else None
+    if len(op.operands) > 2 and op.operands[2] is not None and bias is None:
+        return None
+    shape = (-1,) + (1,) * (weight.ndim - 1)
+    new_weight = _const(module, weight * a.reshape(shape), weight, f"{op.loc}.weight.bn", op.loc)
+    old_bias = bias if bias is not None else np.zeros(weight.shape[0], weight.dtype)
+    new_bias = _const(module, old_bias * a + b, weight, f"{op.loc}.bias.bn", op.loc)
+    while len(op.operands) < 3:
+        op.operands.append(None)
+    op.set_operand(1, new_weight.result)
+    op.set_operand(2, new_bias.result)
+    return [new_weight, new_bias, op]
+
+
+@folder("nn.conv_transpose")
+def fold_into_conv_transpose(module: Module, op: Op, a: np.ndarray, b: np.ndarray) -> list[Op] | None:
+    weight = module.constant_of(op.operands[1])
+    if weight is None:
+        return None
+    bias = module.constant_of(op.operands[2]) if len(op.operands) > 2 and op.operands[2] is not None else None
+    if len(op.operands) > 2 and op.operands[2] is not None and bias is None:
+        return None
+    group = int(op.attr("group", 1))
+    c_in, c_out_g = weight.shape[:2]
+    grouped = weight.reshape((group, c_in // group, c_out_g) + weight.shape[2:])
+    scale = a.reshape((group, 1, c_out_g) + (1,) * (weight.ndim - 2))
+    new_weight = _const(module, (grouped * scale).reshape(weight.shape), weight, f"{op.loc}.weight.bn", op.loc)
+    old_bias = bias if bias is not None else np.zeros(group * c_out_g, weight.dtype)
+    new_bias = _const(module, old_bias * a + b, weight, f"{op.loc}.bias.bn", op.loc)
+    while len(op.operands) < 3:
+        op.operands.append(None)
+    op.set_operand(1, new_weight.result)
+    op.set_operand(2, new_bias.result)
+    return [new_weight, new_bias, op]
+
+
+@folder("nn.gemm")
+def fold_into_gemm(module: Module, op: Op, a: np.ndarray, b: np.ndarray) -> list[Op] | None:
+    weight = module.constant_of(op.operands[1])
+    if weight is None or op.result.type.rank != 2:
+        return None
+    c_value = op.operands[2] if len(op.operands) > 2 else None
+    bias = module.constant_of(c_value)
+    if c_value is not None and bias is None:
+        return None
+    scaled = weight * (a[:, None] if op.attr("transB") == 1 else a[None, :])
+    new_weight = _const(module, scaled, weight, f"{op.loc}.weight.bn", op.loc)
+    beta = float(op.attr("beta", 1.0))
+    old_bias = beta * bias if bias is not None else np.zeros(a.shape, np.float64)
+    new_bias = _const(module, old_bias * a + b, weight, f"{op.loc}.bias.bn", op.loc)
+    while len(op.operands) < 3:
+        op.operands.append(None)
+    op.set_operand(1, new_weight.result)
+    op.set_operand(2, new_bias.result)
+    op.set_attrs(beta=1.0)
+    return [new_weight, new_bias, op]
+
+
+@folder("nn.matmul")
+def fold_into_matmul(module: Module, op: Op, a: np.ndarray, b: np.ndarray) -> list[Op] | None:
+    """A 2-D MatMul followed by BN becomes a Gemm with the folded bias."""
+    weight = module.constant_of(op.operands[1])
+    if weight is None or weight.ndim != 2 or op.result.type.rank != 2 or op.operands[0] is None:
+        return None
+    new_weight = _const(module, weight * a[None, :], weight, f"{op.loc}.weight.bn", op.loc)
+    new_bias = _const(module, b, weight, f"{op.loc}.bias.bn", op.loc)
+    attrs = {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}
+    gemm = module.create_op(
+        "nn.gemm", [op.operands[0], new_weight.result, new_bias.result], [op.result.type], attrs, op.loc
+    )
+    module.replace_uses(op.result, gemm.result)
+    op.drop_operands()
+    return [new_weight, new_bias, gemm]
+
+
+def _bn_affine(module: Module, bn: Op) -> tuple[np.ndarray, np.ndarray] | None:
+    params = [module.constant_of(v) for v in bn.operands[1:5]]
+    if any(p is None for p in params) or bn.attr("training_mode", 0) != 0 or len(bn.results) != 1:
+        return None
+    scale, shift, mean, var = (np.asarray(p, np.float64) for p in params)  # type: ignore[arg-type]
+    a = scale / np.sqrt(var + float(bn.attr("epsilon", 1e-5)))
+    return a, shift - mean * a
+
+
+@register_pass
+@dataclass(frozen=True)
+class FoldBatchnorm(Pass):
+    """Fold inference BatchNormalization into the preceding Conv, ConvTranspose, Gemm or 2-D MatMul."""
+
+    name: ClassVar[str] = "fold-batchnorm"
+
+    def run(self, module: Module, ctx: PassContext) -> None:
+        replaced: dict[int, list[Op]] = {}
+        for bn in module.ops:
+            if bn.name != "nn.batch_normalization" or bn.operands[0] is None:
+                continue
+            producer = bn.operands[0].producer
+            if producer is None or producer.name not in FOLDERS or len(bn.operands[0].uses) != 1:
+                continue
+            if id(producer) in replaced or bn.operands[0] in module.outputs:
+                continue
+            affine = _bn_affine(module, bn)
+            if affine is None:
+                continue
+            new_ops = FOLDERS[producer.name](module, producer, *affine)
+            if new_ops is None:
+                continue
+            result = new_ops[-1].result
+            if not module.forward(bn.result, result):
+                continue
+            replaced[id(producer)] = new_ops
+            bn.drop_operands()
+        if not replaced:
+            return
+        ops: list[Op] = []
+        for op in module.ops:
+            ops.extend(replaced.get(id(op), [op]))
+        module.ops = ops
+        module.remove_dead()
