@@ -70,26 +70,38 @@ def cli(verbose: int) -> None:
 @cli.command("compile", context_settings=CONTEXT)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @target_option
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the result (IR text without a target).")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Bundle directory (with --target; default MODEL.afmc), or IR text file without a target.")
 @input_shape_option
 @click.option("--pipeline", metavar="SPEC", help="Pass pipeline, e.g. 'canonicalize,fold-batchnorm'.")
 @click.option("--print-ir-before", "print_before", multiple=True, metavar="PASS|all", help="Print the IR before a pass.")
 @click.option("--print-ir-after", "print_after", multiple=True, metavar="PASS|all", help="Print the IR after a pass.")
 @click.option("--dump-ir-dir", type=click.Path(file_okay=False, path_type=Path), help="Write NNN_<pass>.mlir after each pass.")
 @click.option("--timing", is_flag=True, help="Print the time each pass took.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report JSON here.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def compile_command(
     model: Path, target: str | None, output: Path | None, input_shape: tuple[str, ...], pipeline: str | None,
     print_before: tuple[str, ...], print_after: tuple[str, ...], dump_ir_dir: Path | None, timing: bool,
-    seed: int, force: bool,
+    report_path: Path | None, seed: int, force: bool,
 ) -> None:
-    """Compile MODEL (ONNX, or IR text .mlir) through the pass pipeline."""
-    from .driver import compile_module, load_module, load_target, pipeline_for
+    """Compile MODEL (ONNX, or IR text .mlir) for a target and write the bundle.
+
+    Without --target only the target-independent passes run and the IR text is written.
+    """
+    from .bundle import write_bundle
+    from .driver import compile_module, fit_report, load_module, load_target, pipeline_for, raise_if_does_not_fit
+    from .report import to_json
 
     shapes = parse_input_shapes(input_shape)
     spec = load_target(target)
     passes = pipeline_for(spec, pipeline)
+    if spec is not None:
+        output = output or Path(model.stem + ".afmc")
+        for path in (output, report_path):
+            if path is not None and path.exists() and not force:
+                raise UsageError(f"{path} exists; pass --force to overwrite it")
     instruments = Instrumentation(
         frozenset(print_before), frozenset(print_after), dump_ir_dir, timing, stream=sys.stderr
     )
@@ -97,11 +109,49 @@ def compile_command(
     result = compile_module(module, spec, instruments=instruments, seed=seed, passes=passes)
     if timing:
         sys.stderr.write(instruments.timing_report())
-    text = print_module(result.module)
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        write_text_atomically(output, text, force)
+    if spec is None:
+        text = print_module(result.module)
+        if output is None:
+            click.echo(text, nl=False)
+        else:
+            write_text_atomically(output, text, force)
+        return
+    report = fit_report(result, model)
+    raise_if_does_not_fit(report)
+    assert output is not None
+    extra = {"model": report["model"], "seed": seed, "pipeline": ",".join(str(p.name) for p in passes)}
+    write_bundle(output, result.module, spec, report, extra, force=force)
+    if report_path is not None:
+        write_text_atomically(report_path, to_json(report), force)
+    tiles = report["tiles"]
+    click.echo(f"afmc: wrote {output} ({tiles['required']} of {tiles['available']} arrays, "
+               f"{len(report['layers'])} analog layers)", err=True)
+
+
+@cli.command("check", context_settings=CONTEXT)
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", "-t", "target", metavar="T", required=True, help="Built-in target name or path to a target TOML.")
+@input_shape_option
+@click.option("--pipeline", metavar="SPEC", help="Pass pipeline (default: the target's, up to tile/place).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "junit"]), default="text", show_default=True)
+def check_command(model: Path, target: str, input_shape: tuple[str, ...], pipeline: str | None, fmt: str) -> None:
+    """Does MODEL fit the target? Exit 0 when it fits, 3 when it does not, 2 on bad input."""
+    from .driver import check_passes, compile_module, fit_report, load_module, load_target
+    from .report import to_json, to_junit, to_text
+
+    try:
+        spec = load_target(target)
+        passes = check_passes(spec, pipeline)
+        module = load_module(model, parse_input_shapes(input_shape))
+        report = fit_report(compile_module(module, spec, passes=passes), model)
+    except AfmcError as exc:
+        if fmt == "json":  # the contract: one JSON document on stdout, whatever happened
+            click.echo(json.dumps({"status": "error", "target": target, "error": exc.render()}))
+        raise
+    render = {"text": to_text, "json": to_json, "junit": to_junit}[fmt]
+    click.echo(render(report), nl=False)
+    if report["status"] != "fits":
+        raise click.exceptions.Exit(3)
 
 
 @cli.command("ir", context_settings=CONTEXT)

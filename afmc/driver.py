@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import AfmcError, FrontendError
+from .errors import AfmcError, DoesNotFit, FrontendError
 from .ir.core import Module
 from .ir.parser import parse_module
 from .ir.verify import verify
@@ -85,3 +86,47 @@ def compile_module(
     instruments = instruments or Instrumentation()
     run_passes(module, passes, ctx, instruments)
     return Compilation(module, ctx, instruments)
+
+
+#: ``check`` runs the target's pipeline up to the last of these (fit and layout, no calibration).
+CHECK_PASSES = ("tile", "place")
+
+
+def model_identity(path: str | Path) -> dict[str, Any]:
+    """Name and SHA-256 of the model file (the graph file; external data files are not hashed)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"name": path.name, "sha256": digest.hexdigest()}
+
+
+def check_passes(target: Any, spec: str | None) -> list[Pass]:
+    """The pipeline ``check`` runs: up to the last tiling/placement pass of the full one."""
+    passes = pipeline_for(target, spec)
+    names = [p.name for p in passes]
+    last = max((i for i, name in enumerate(names) if name in CHECK_PASSES), default=None)
+    if last is None:
+        raise AfmcError(f"pipeline '{','.join(names)}' has no tile pass; check cannot count arrays")
+    return passes[: last + 1]
+
+
+def fit_report(compilation: Compilation, model_path: str | Path) -> dict[str, Any]:
+    from .report import build_report
+
+    return build_report(
+        compilation.module, compilation.context.target, compilation.context.report, model_identity(model_path)
+    )
+
+
+def raise_if_does_not_fit(report: dict[str, Any]) -> None:
+    if report["status"] == "fits":
+        return
+    missing = report["missing"]
+    layers = ", ".join(f"{m['layer']} ({m['arrays_short']} short)" for m in missing["layers"][:5])
+    more = f" and {len(missing['layers']) - 5} more" if len(missing["layers"]) > 5 else ""
+    raise DoesNotFit(
+        f"does not fit {report['target']}: needs {report['tiles']['required']} arrays, "
+        f"{report['tiles']['available']} available ({missing['tiles']} missing); layers: {layers}{more}"
+    )

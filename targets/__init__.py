@@ -23,8 +23,11 @@ ENTRY_POINT_GROUP = "afmc.targets"
 
 def builtin_targets() -> dict[str, Traversable]:
     """Built-in target files by name."""
-    return {f.name.removesuffix(".toml"): f for f in resources.files(__name__).iterdir()
-            if f.name.endswith(".toml")}
+    return {
+        f.name.removesuffix(".toml"): f
+        for f in resources.files(__name__).iterdir()
+        if f.name.endswith(".toml")
+    }
 
 
 def _plugins() -> dict[str, metadata.EntryPoint]:
@@ -49,8 +52,9 @@ def load_target(name_or_path: str | os.PathLike[str]) -> TargetSpec:
         return _load_plugin(plugins[text])
     if Path(text).is_file():
         return from_toml(text)
-    raise TargetError(f"unknown target '{text}'; available: {', '.join(list_targets())} "
-                      "(or give a path to a .toml file)")
+    raise TargetError(
+        f"unknown target '{text}'; available: {', '.join(list_targets())} (or give a path to a .toml file)"
+    )
 
 
 def _load_plugin(ep: metadata.EntryPoint) -> TargetSpec:
@@ -66,5 +70,8 @@ def _load_plugin(ep: metadata.EntryPoint) -> TargetSpec:
         return from_dict(obj.to_dict(), source)
     if isinstance(obj, (str, os.PathLike)):
         return from_toml(obj)
-    raise TargetError(f"gave {type(obj).__name__}; expected a TargetSpec, a path to a .toml file "
-                      "or a callable returning one", file=source)
+    raise TargetError(
+        f"gave {type(obj).__name__}; expected a TargetSpec, a path to a .toml file "
+        "or a callable returning one",
+        file=source,
+    )

@@ -9,8 +9,10 @@ the dotted key (``array.rows``) and say why. `docs/targets.md` documents every k
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -72,9 +74,21 @@ class _At:
 
 def _kind(raw: object) -> str:
     """The TOML name of a raw value's type, for 'expected X, got Y' messages."""
-    names = ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"),
-             (list, "array"), (Mapping, "table"))
+    names = (
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "float"),
+        (str, "string"),
+        (list, "array"),
+        (Mapping, "table"),
+    )
     return next((name for t, name in names if isinstance(raw, t)), type(raw).__name__)
+
+
+def _show(raw: object) -> str:
+    """A raw value for a message, cut short so the error stays one readable line."""
+    text = repr(raw)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -122,7 +136,7 @@ class Int(Rule):
 
     def load(self, raw: object, at: _At) -> int:
         if isinstance(raw, bool) or not isinstance(raw, int):
-            raise at.error(f"expected an integer, got {_kind(raw)} {raw!r}")
+            raise at.error(f"expected an integer, got {_kind(raw)} {_show(raw)}")
         if not self.lo <= raw <= self.hi:
             raise at.error(f"must be in {self.lo}..{self.hi}, got {raw}")
         return raw
@@ -141,7 +155,7 @@ class Float(Rule):
 
     def load(self, raw: object, at: _At) -> float:
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise at.error(f"expected a number, got {_kind(raw)} {raw!r}")
+            raise at.error(f"expected a number, got {_kind(raw)} {_show(raw)}")
         value = float(raw)
         if not math.isfinite(value):
             raise at.error(f"must be finite, got {raw}")
@@ -165,7 +179,7 @@ class Bool(Rule):
 
     def load(self, raw: object, at: _At) -> bool:
         if not isinstance(raw, bool):
-            raise at.error(f"expected true or false, got {_kind(raw)} {raw!r}")
+            raise at.error(f"expected true or false, got {_kind(raw)} {_show(raw)}")
         return raw
 
 
@@ -178,9 +192,9 @@ class Text(Rule):
 
     def load(self, raw: object, at: _At) -> str:
         if not isinstance(raw, str):
-            raise at.error(f"expected a string, got {_kind(raw)} {raw!r}")
+            raise at.error(f"expected a string, got {_kind(raw)} {_show(raw)}")
         if self.pattern and not re.fullmatch(self.pattern, raw):
-            raise at.error(f"must be {self.shape}, got {raw!r}")
+            raise at.error(f"must be {self.shape}, got {_show(raw)}")
         return raw
 
     def describe(self) -> str:
@@ -195,9 +209,9 @@ class Choice(Rule):
 
     def load(self, raw: object, at: _At) -> str:
         if not isinstance(raw, str):
-            raise at.error(f"expected a string, got {_kind(raw)} {raw!r}")
+            raise at.error(f"expected a string, got {_kind(raw)} {_show(raw)}")
         if raw not in self.options:
-            raise at.error(f"must be {self.describe()}, got {raw!r}{_did_you_mean(raw, self.options)}")
+            raise at.error(f"must be {self.describe()}, got {_show(raw)}{_did_you_mean(raw, self.options)}")
         return raw
 
     def describe(self) -> str:
@@ -213,10 +227,10 @@ class Floats(Rule):
 
     def load(self, raw: object, at: _At) -> tuple[float, ...]:
         if not isinstance(raw, list) or len(raw) != self.length:
-            raise at.error(f"expected an array of {self.length} numbers, got {_kind(raw)} {raw!r}")
+            raise at.error(f"expected an array of {self.length} numbers, got {_kind(raw)} {_show(raw)}")
         values = tuple(Float(-math.inf).load(v, at.index(i)) for i, v in enumerate(raw))
-        if self.ascending and not all(a < b for a, b in zip(values, values[1:])):
-            raise at.error(f"must be increasing ([low, high] with low < high), got {raw!r}")
+        if self.ascending and not all(a < b for a, b in itertools.pairwise(values)):
+            raise at.error(f"must be increasing ([low, high] with low < high), got {_show(raw)}")
         return values
 
     def dump(self, value: Any) -> Any:
@@ -234,7 +248,7 @@ class Coord(Rule):
 
     def load(self, raw: object, at: _At) -> tuple[int, int]:
         if not isinstance(raw, list) or len(raw) != 2:
-            raise at.error(f"expected {self.what}, got {_kind(raw)} {raw!r}")
+            raise at.error(f"expected {self.what}, got {_kind(raw)} {_show(raw)}")
         x, y = (Int(0).load(v, at.index(i)) for i, v in enumerate(raw))
         return (x, y)
 
@@ -250,7 +264,7 @@ class Coords(Rule):
 
     def load(self, raw: object, at: _At) -> tuple[tuple[int, int], ...]:
         if not isinstance(raw, list):
-            raise at.error(f"expected {self.what}, got {_kind(raw)} {raw!r}")
+            raise at.error(f"expected {self.what}, got {_kind(raw)} {_show(raw)}")
         return tuple(Coord().load(v, at.index(i)) for i, v in enumerate(raw))
 
     def dump(self, value: Any) -> Any:
@@ -265,9 +279,10 @@ class Strings(Rule):
 
     def load(self, raw: object, at: _At) -> FrozenTable[str]:
         if not isinstance(raw, Mapping):
-            raise at.error(f"expected a table, got {_kind(raw)} {raw!r}")
-        return FrozenTable((k, Text(r"(?s).*\S.*", "a non-empty string").load(v, at / k))
-                           for k, v in raw.items())
+            raise at.error(f"expected a table, got {_kind(raw)} {_show(raw)}")
+        return FrozenTable(
+            (k, Text(r"(?s).*\S.*", "a non-empty string").load(v, at / k)) for k, v in raw.items()
+        )
 
     def dump(self, value: Any) -> Any:
         return dict(value)
@@ -281,7 +296,7 @@ class AnyTable(Rule):
 
     def load(self, raw: object, at: _At) -> FrozenTable[Any]:
         if not isinstance(raw, Mapping):
-            raise at.error(f"expected a table, got {_kind(raw)} {raw!r}")
+            raise at.error(f"expected a table, got {_kind(raw)} {_show(raw)}")
         return FrozenTable(raw)
 
     def dump(self, value: Any) -> Any:
@@ -306,15 +321,17 @@ class Section(Rule):
 class Pipeline(Rule):
     """A pass pipeline string, MLIR style: `a,b{opt=1},c`. Pass names are resolved at use."""
 
-    what: ClassVar[str] = "a pass pipeline string such as 'canonicalize,tile{max-rows=64}'"
+    what: ClassVar[str] = "a pass pipeline string such as 'canonicalize,partition{min-macs=4096},tile'"
     _item: ClassVar[re.Pattern[str]] = re.compile(r"[a-z][a-z0-9-]*(\{[^{}]*\})?")
 
     def load(self, raw: object, at: _At) -> str:
         text = Text().load(raw, at)
         for i, item in enumerate(_split_top_level(text)):
             if not self._item.fullmatch(item.strip()):
-                raise at.error(f"pass {i + 1} {item.strip()!r} is not a kebab-case pass name "
-                               f"with optional {{options}} (in {text!r})")
+                raise at.error(
+                    f"pass {i + 1} {item.strip()!r} is not a kebab-case pass name "
+                    f"with optional {{options}} (in {text!r})"
+                )
         return text
 
 
@@ -330,9 +347,9 @@ def _split_top_level(text: str) -> list[str]:
     return items
 
 
-def _key(rule: Rule, doc: str, default: Any = MISSING) -> Any:
-    """Declare one TOML key: its rule, its meaning and, if optional, its default."""
-    return field(default=default, metadata={"rule": rule, "doc": doc})
+def _meta(rule: Rule, doc: str) -> dict[str, Any]:
+    """The field metadata declaring one TOML key: the rule that reads it and its meaning."""
+    return {"rule": rule, "doc": doc}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +376,7 @@ class _Section:
 def _build(cls: type[S], raw: object, at: _At) -> S:
     """Read a TOML table into `cls`: unknown keys first (a typo is not 'missing'), then each field."""
     if not isinstance(raw, Mapping):
-        raise at.error(f"expected a table, got {_kind(raw)} {raw!r}")
+        raise at.error(f"expected a table, got {_kind(raw)} {_show(raw)}")
     declared = fields(cls)  # type: ignore[arg-type]
     _unknown_keys(raw, (f.name for f in declared), at)
     values: dict[str, Any] = {}
@@ -427,40 +444,44 @@ _STUCK = {
 DEVICE_PARAMS: dict[str, dict[str, Param]] = {
     "ideal": {},
     "pcm": {
-        "g_max_us": Param(Float(positive=True), 25.0, "maximum conductance, µS"),
+        "g_max_us": Param(Float(positive=True), 25.0, "maximum conductance, uS"),
         "t_read_s": Param(Float(positive=True), 250e-9, "read pulse duration for 1/f noise, s"),
         "t0_s": Param(Float(positive=True), 20.0, "time of the first read after programming, s"),
-        "prog_noise_coeffs": Param(Floats(3), (0.26348, 1.9650, -1.1731),
-                                   "σ_prog(x) = c0 + c1·x + c2·x² in µS at g_max = 25 µS, x = g/g_max"),
-        "drift_mean_coeffs": Param(Floats(2), (-0.0155, 0.0244), "μ_ν = a·ln(g/g_max) + b"),
-        "drift_mean_clip": Param(Floats(2, ascending=True), (0.049, 0.1), "clip range of μ_ν"),
-        "drift_std_coeffs": Param(Floats(2), (-0.0125, -0.0059), "σ_ν = a·ln(g/g_max) + b"),
-        "drift_std_clip": Param(Floats(2, ascending=True), (0.008, 0.045), "clip range of σ_ν"),
+        "prog_noise_coeffs": Param(
+            Floats(3),
+            (0.26348, 1.9650, -1.1731),
+            "sigma_prog(x) = c0 + c1*x + c2*x^2 in uS at g_max = 25 uS, x = g/g_max",
+        ),
+        "drift_mean_coeffs": Param(Floats(2), (-0.0155, 0.0244), "mu_nu = a*ln(g/g_max) + b"),
+        "drift_mean_clip": Param(Floats(2, ascending=True), (0.049, 0.1), "clip range of mu_nu"),
+        "drift_std_coeffs": Param(Floats(2), (-0.0125, -0.0059), "sigma_nu = a*ln(g/g_max) + b"),
+        "drift_std_clip": Param(Floats(2, ascending=True), (0.008, 0.045), "clip range of sigma_nu"),
         "read_noise_q": Param(Float(), 0.0088, "1/f read-noise scale Q_s at g = g_max"),
         "read_noise_exp": Param(Float(), 0.65, "exponent of g/g_max in Q_s"),
         "read_noise_q_max": Param(Float(), 0.2, "upper clip of Q_s"),
         **_STUCK,
     },
     "rram": {
-        "g_min_us": Param(Float(), 1.0, "conductance of the lowest level (HRS), µS"),
-        "g_max_us": Param(Float(positive=True), 100.0, "conductance of the highest level (LRS), µS"),
-        "prog_noise": Param(Float(0, 1), 0.02, "programming σ as a fraction of g_max"),
-        "read_noise": Param(Float(0, 1), 0.005, "per-read σ as a fraction of g_max"),
+        "g_min_us": Param(Float(), 1.0, "conductance of the lowest level (HRS), uS"),
+        "g_max_us": Param(Float(positive=True), 100.0, "conductance of the highest level (LRS), uS"),
+        "prog_noise": Param(Float(0, 1), 0.02, "programming sigma as a fraction of g_max"),
+        "read_noise": Param(Float(0, 1), 0.005, "per-read sigma as a fraction of g_max"),
         **_STUCK,
     },
     "flash": {
-        "g_max_us": Param(Float(positive=True), 1.0, "maximum cell conductance at the read bias, µS"),
-        "prog_noise": Param(Float(0, 1), 0.004, "programming σ as a fraction of g_max"),
-        "read_noise": Param(Float(0, 1), 0.002, "per-read σ as a fraction of g_max"),
-        "drift_per_decade": Param(Float(0, 1), 0.001,
-                                  "fractional conductance loss per decade of time after t0 (charge loss)"),
+        "g_max_us": Param(Float(positive=True), 1.0, "maximum cell conductance at the read bias, uS"),
+        "prog_noise": Param(Float(0, 1), 0.004, "programming sigma as a fraction of g_max"),
+        "read_noise": Param(Float(0, 1), 0.002, "per-read sigma as a fraction of g_max"),
+        "drift_per_decade": Param(
+            Float(0, 1), 0.001, "fractional conductance loss per decade of time after t0 (charge loss)"
+        ),
         "t0_s": Param(Float(positive=True), 20.0, "time of the first read after programming, s"),
         **_STUCK,
     },
     "photonic": {
-        "phase_noise_rad": Param(Float(), 0.005, "σ of each programmed phase, rad"),
+        "phase_noise_rad": Param(Float(), 0.005, "sigma of each programmed phase, rad"),
         "crosstalk": Param(Float(0, 1), 0.0, "fraction of a neighbour's phase leaking in (thermal)"),
-        "detector_noise": Param(Float(0, 1), 0.01, "photodetector σ as a fraction of full scale"),
+        "detector_noise": Param(Float(0, 1), 0.01, "photodetector sigma as a fraction of full scale"),
     },
 }
 
@@ -483,16 +504,18 @@ class ArraySpec(_Section):
 
     A weight is quantised to `weight_bits` and split into `slices` cells of `bits_per_cell`
     bits each, of increasing significance, in adjacent columns. `differential` stores |w| on a
-    (+, −) pair of devices inside one unit cell; `offset` stores w + 2^(b−1) on one polarity and
+    (+, -) pair of devices inside one unit cell; `offset` stores w + 2^(b-1) on one polarity and
     reserves one reference column per array whose output is subtracted.
     """
 
-    rows: int = _key(Int(1, 65536), "word lines: inputs per array")
-    cols: int = _key(Int(1, 65536), "bit lines read out: output columns per array")
-    bits_per_cell: int = _key(Int(1, 16), "bits one device stores (2^bits levels)")
-    weight_bits: int = _key(Int(1, 16), "weight precision, signed")
-    encoding: str = _key(Choice(ENCODINGS), "how signed weights are stored")
-    parallel_devices: int = _key(Int(1, 64), "devices summed per polarity and slice", 1)
+    rows: int = field(metadata=_meta(Int(1, 65536), "word lines: inputs per array"))
+    cols: int = field(metadata=_meta(Int(1, 65536), "bit lines read out: output columns per array"))
+    bits_per_cell: int = field(metadata=_meta(Int(1, 16), "bits one device stores (2^bits levels)"))
+    weight_bits: int = field(metadata=_meta(Int(1, 16), "weight precision, signed"))
+    encoding: str = field(metadata=_meta(Choice(ENCODINGS), "how signed weights are stored"))
+    parallel_devices: int = field(
+        default=1, metadata=_meta(Int(1, 64), "devices summed per polarity and slice")
+    )
 
     @property
     def magnitude_bits(self) -> int:
@@ -501,7 +524,8 @@ class ArraySpec(_Section):
 
     @property
     def slices(self) -> int:
-        """Columns (of increasing significance) that one weight spans."""
+        """Arrays (of increasing significance) one weight spans: each bit slice of a weight block
+        lives in its own array, as PUMA spreads a 16-bit weight over 8 crossbars."""
         return max(1, -(-self.magnitude_bits // self.bits_per_cell))
 
     @property
@@ -519,36 +543,41 @@ class ArraySpec(_Section):
 
     @property
     def weight_cols(self) -> int:
-        """Logical weight columns (output neurons) one array holds."""
-        return (self.cols - self.reference_cols) // self.slices
+        """Logical weight columns (output neurons) one array holds, for one bit slice."""
+        return self.cols - self.reference_cols
 
     def _check(self, at: _At) -> None:
         if self.encoding == "differential" and self.weight_bits < 2:
             raise (at / "weight_bits").error("a signed differential weight needs at least 2 bits")
         if self.weight_cols < 1:
-            need = self.slices + self.reference_cols
-            raise (at / "cols").error(f"too few columns: one weight column needs {need} "
-                                      f"({self.slices} slices + {self.reference_cols} reference)")
+            raise (at / "cols").error(
+                f"too few columns: an array needs one weight column besides {self.reference_cols} reference"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
 class PhotonicSpec(_Section):
-    """An MZI mesh: an N×N matrix as U·Σ·V† (two N×N meshes and N attenuators, Shen 2017)."""
+    """An MZI mesh: an NxN matrix as U S V^H (two NxN meshes and N attenuators, Shen 2017)."""
 
-    mesh_size: int = _key(Int(2, 4096), "N: the mesh realises an N×N matrix")
-    phase_bits: int = _key(Int(1, 16), "precision of each phase shifter setting")
-    insertion_loss_db: float = _key(Float(), "optical loss per MZI, dB")
+    mesh_size: int = field(metadata=_meta(Int(2, 4096), "N: the mesh realises an NxN matrix"))
+    phase_bits: int = field(metadata=_meta(Int(1, 16), "precision of each phase shifter setting"))
+    insertion_loss_db: float = field(metadata=_meta(Float(), "optical loss per MZI, dB"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class DacSpec(_Section):
     """Input conversion: `bits` per conversion; bit-serial DACs stream `input_bits` over several phases."""
 
-    bits: int = _key(Int(1, 16), "DAC resolution per conversion")
-    bit_serial: bool = _key(Bool(), "inputs streamed in ceil(input_bits / bits) phases", False)
-    input_bits: int = _key(Int(1, 16), "input (activation) precision; default: bits", 0)
-    input_range: tuple[float, float] = _key(Floats(2, ascending=True),
-                                            "[low, high] normalised input range", (-1.0, 1.0))
+    bits: int = field(metadata=_meta(Int(1, 16), "DAC resolution per conversion"))
+    bit_serial: bool = field(
+        default=False, metadata=_meta(Bool(), "inputs streamed in ceil(input_bits / bits) phases")
+    )
+    input_bits: int = field(
+        default=0, metadata=_meta(Int(1, 16), "input (activation) precision; default: bits")
+    )
+    input_range: tuple[float, float] = field(
+        default=(-1.0, 1.0), metadata=_meta(Floats(2, ascending=True), "[low, high] normalised input range")
+    )
 
     def __post_init__(self) -> None:
         if self.input_bits == 0:  # not given: the DAC converts the whole input at once
@@ -562,7 +591,8 @@ class DacSpec(_Section):
     def _check(self, at: _At) -> None:
         if not self.bit_serial and self.input_bits != self.bits:
             raise (at / "input_bits").error(
-                f"must equal bits ({self.bits}) unless bit_serial = true, got {self.input_bits}")
+                f"must equal bits ({self.bits}) unless bit_serial = true, got {self.input_bits}"
+            )
         if self.input_bits < self.bits:
             raise (at / "input_bits").error(f"must be >= bits ({self.bits}), got {self.input_bits}")
 
@@ -571,23 +601,28 @@ class DacSpec(_Section):
 class AdcSpec(_Section):
     """Output conversion: `columns_per_adc` columns share one ADC, converted one after another."""
 
-    bits: int = _key(Int(1, 16), "ADC resolution")
-    columns_per_adc: int = _key(Int(1, 65536), "columns multiplexed onto one ADC")
-    output_range: tuple[float, float] = _key(Floats(2, ascending=True),
-                                             "[low, high] clipping range in normalised MVM units",
-                                             (-10.0, 10.0))
+    bits: int = field(metadata=_meta(Int(1, 16), "ADC resolution"))
+    columns_per_adc: int = field(metadata=_meta(Int(1, 65536), "columns multiplexed onto one ADC"))
+    output_range: tuple[float, float] = field(
+        default=(-10.0, 10.0),
+        metadata=_meta(Floats(2, ascending=True), "[low, high] clipping range in normalised MVM units"),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class ChipSpec(_Section):
     """Cores on a 2-D mesh network; dead positions hold no usable core; `io` hosts the digital unit."""
 
-    cores: int = _key(Int(1, 2**24), "working cores: mesh_x·mesh_y − len(dead_cores)")
-    mesh_x: int = _key(Int(1, 4096), "mesh width")
-    mesh_y: int = _key(Int(1, 4096), "mesh height")
-    arrays_per_core: int = _key(Int(1, 2**20), "arrays (or photonic meshes) per core")
-    dead_cores: tuple[tuple[int, int], ...] = _key(Coords(), "mesh positions without a usable core", ())
-    io: tuple[int, int] = _key(Coord(), "mesh position of the IO / digital unit", (0, 0))
+    cores: int = field(metadata=_meta(Int(1, 2**24), "working cores: mesh_x*mesh_y - len(dead_cores)"))
+    mesh_x: int = field(metadata=_meta(Int(1, 4096), "mesh width"))
+    mesh_y: int = field(metadata=_meta(Int(1, 4096), "mesh height"))
+    arrays_per_core: int = field(metadata=_meta(Int(1, 2**20), "arrays (or photonic meshes) per core"))
+    dead_cores: tuple[tuple[int, int], ...] = field(
+        default=(), metadata=_meta(Coords(), "mesh positions without a usable core")
+    )
+    io: tuple[int, int] = field(
+        default=(0, 0), metadata=_meta(Coord(), "mesh position of the IO / digital unit")
+    )
 
     @property
     def core_positions(self) -> tuple[tuple[int, int], ...]:
@@ -610,24 +645,29 @@ class ChipSpec(_Section):
         working = self.mesh_x * self.mesh_y - len(self.dead_cores)
         if self.cores != working:
             raise (at / "cores").error(
-                f"must equal mesh_x·mesh_y − dead cores = {self.mesh_x}·{self.mesh_y} − "
-                f"{len(self.dead_cores)} = {working}, got {self.cores}")
+                f"must equal mesh_x*mesh_y - dead cores = {self.mesh_x}*{self.mesh_y} - "
+                f"{len(self.dead_cores)} = {working}, got {self.cores}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
 class DeviceSpec(_Section):
     """The device model the simulator applies, and its parameters (see `DEVICE_PARAMS`)."""
 
-    model: str = _key(Choice(tuple(DEVICE_PARAMS)), "device model")
-    params: FrozenTable[Any] = _key(AnyTable(), "model parameters; omitted ones take their defaults",
-                                    FrozenTable())
+    model: str = field(metadata=_meta(Choice(tuple(DEVICE_PARAMS)), "device model"))
+    params: FrozenTable[Any] = field(
+        default=FrozenTable(),
+        metadata=_meta(AnyTable(), "model parameters; omitted ones take their defaults"),
+    )
 
     def _check(self, at: _At) -> None:
         schema = DEVICE_PARAMS[self.model]
         where = at / "params"
         _unknown_keys(self.params, schema, where)
-        resolved = {name: p.rule.load(self.params[name], where / name) if name in self.params else p.default
-                    for name, p in schema.items()}
+        resolved = {
+            name: p.rule.load(self.params[name], where / name) if name in self.params else p.default
+            for name, p in schema.items()
+        }
         for low, high in _ORDERED_PARAMS:
             if low in resolved and not resolved[low] < resolved[high]:
                 raise (where / low).error(f"must be < {high} ({resolved[high]}), got {resolved[low]}")
@@ -640,42 +680,54 @@ class DeviceSpec(_Section):
 class TimingSpec(_Section):
     """Latency constants; the simulator composes them per op (docs/targets.md gives the model)."""
 
-    clock_hz: float = _key(Float(positive=True), "clock of the digital logic and network, Hz")
-    mvm_ns: float = _key(Float(), "one array read for one input phase (drive, settle, integrate), ns")
-    dac_ns: float = _key(Float(), "one DAC conversion, ns")
-    adc_ns: float = _key(Float(), "one ADC conversion, ns")
-    hop_ns_per_byte: float = _key(Float(), "moving one byte over one mesh hop, ns")
-    digital_ops_per_s: float = _key(Float(positive=True), "digital unit throughput, ops/s")
+    clock_hz: float = field(
+        metadata=_meta(Float(positive=True), "clock of the digital logic and network, Hz")
+    )
+    mvm_ns: float = field(
+        metadata=_meta(Float(), "one array read for one input phase (drive, settle, integrate), ns")
+    )
+    dac_ns: float = field(metadata=_meta(Float(), "one DAC conversion, ns"))
+    adc_ns: float = field(metadata=_meta(Float(), "one ADC conversion, ns"))
+    hop_ns_per_byte: float = field(metadata=_meta(Float(), "moving one byte over one mesh hop, ns"))
+    digital_ops_per_s: float = field(metadata=_meta(Float(positive=True), "digital unit throughput, ops/s"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class EnergySpec(_Section):
     """Energy constants per operation, pJ."""
 
-    mvm_pj: float = _key(Float(), "one array read for one input phase, pJ")
-    dac_pj: float = _key(Float(), "one DAC conversion (one row, one phase), pJ")
-    adc_pj: float = _key(Float(), "one ADC conversion, pJ")
-    hop_pj_per_byte: float = _key(Float(), "moving one byte over one mesh hop, pJ")
-    digital_pj_per_op: float = _key(Float(), "one digital operation, pJ")
+    mvm_pj: float = field(metadata=_meta(Float(), "one array read for one input phase, pJ"))
+    dac_pj: float = field(metadata=_meta(Float(), "one DAC conversion (one row, one phase), pJ"))
+    adc_pj: float = field(metadata=_meta(Float(), "one ADC conversion, pJ"))
+    hop_pj_per_byte: float = field(metadata=_meta(Float(), "moving one byte over one mesh hop, pJ"))
+    digital_pj_per_op: float = field(metadata=_meta(Float(), "one digital operation, pJ"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class TargetSpec(_Section):
     """A chip: what the compiler tiles, places and schedules onto, and what the simulator models."""
 
-    name: str = _key(Text(r"[a-z][a-z0-9_-]*", "lower-case letters, digits, '-' or '_'"), "target name")
-    description: str = _key(Text(), "one line for `afmc targets`", "")
-    technology: str = _key(Choice(tuple(TECHNOLOGIES)), "compute technology")
-    pipeline: str = _key(Pipeline(), "default pass pipeline")
-    array: ArraySpec | None = _key(Section(ArraySpec), "crossbar geometry (rram, pcm, flash)", None)
-    photonic: PhotonicSpec | None = _key(Section(PhotonicSpec), "MZI mesh geometry (photonic)", None)
-    dac: DacSpec = _key(Section(DacSpec), "input converters")
-    adc: AdcSpec = _key(Section(AdcSpec), "output converters")
-    chip: ChipSpec = _key(Section(ChipSpec), "cores and their mesh")
-    device: DeviceSpec = _key(Section(DeviceSpec), "device model")
-    timing: TimingSpec = _key(Section(TimingSpec), "latency constants")
-    energy: EnergySpec = _key(Section(EnergySpec), "energy constants")
-    sources: FrozenTable[str] = _key(Strings(), "citation per short source id", FrozenTable())
+    name: str = field(
+        metadata=_meta(Text(r"[a-z][a-z0-9_-]*", "lower-case letters, digits, '-' or '_'"), "target name")
+    )
+    description: str = field(default="", metadata=_meta(Text(), "one line for `afmc targets`"))
+    technology: str = field(metadata=_meta(Choice(tuple(TECHNOLOGIES)), "compute technology"))
+    pipeline: str = field(metadata=_meta(Pipeline(), "default pass pipeline"))
+    array: ArraySpec | None = field(
+        default=None, metadata=_meta(Section(ArraySpec), "crossbar geometry (rram, pcm, flash)")
+    )
+    photonic: PhotonicSpec | None = field(
+        default=None, metadata=_meta(Section(PhotonicSpec), "MZI mesh geometry (photonic)")
+    )
+    dac: DacSpec = field(metadata=_meta(Section(DacSpec), "input converters"))
+    adc: AdcSpec = field(metadata=_meta(Section(AdcSpec), "output converters"))
+    chip: ChipSpec = field(metadata=_meta(Section(ChipSpec), "cores and their mesh"))
+    device: DeviceSpec = field(metadata=_meta(Section(DeviceSpec), "device model"))
+    timing: TimingSpec = field(metadata=_meta(Section(TimingSpec), "latency constants"))
+    energy: EnergySpec = field(metadata=_meta(Section(EnergySpec), "energy constants"))
+    sources: FrozenTable[str] = field(
+        default=FrozenTable(), metadata=_meta(Strings(), "citation per short source id")
+    )
 
     @property
     def tile_rows(self) -> int:
@@ -686,6 +738,11 @@ class TargetSpec(_Section):
     def tile_cols(self) -> int:
         """Weight columns (outputs) one array (or photonic mesh) holds."""
         return self.array.weight_cols if self.array else self._photonic().mesh_size
+
+    @property
+    def tile_outputs(self) -> int:
+        """Physical output lines of one array (before slicing), i.e. what the ADCs read."""
+        return self.array.cols if self.array else self._photonic().mesh_size
 
     @property
     def total_arrays(self) -> int:
@@ -704,28 +761,23 @@ class TargetSpec(_Section):
                 raise (at / section).error(f"required section is missing for technology '{self.technology}'")
             if section != wanted and present:
                 users = sorted(t for t, s in TECHNOLOGIES.items() if s == section)
-                raise (at / section).error(f"only allowed for technology {' or '.join(map(repr, users))}, "
-                                           f"not '{self.technology}'")
+                raise (at / section).error(
+                    f"only allowed for technology {' or '.join(map(repr, users))}, not '{self.technology}'"
+                )
         if self.device.model not in (self.technology, "ideal"):
             raise (at / "device" / "model").error(
                 f"must be '{self.technology}' or 'ideal' for technology '{self.technology}', "
-                f"got '{self.device.model}'")
+                f"got '{self.device.model}'"
+            )
         if self.adc.columns_per_adc > self.tile_outputs:
             raise (at / "adc" / "columns_per_adc").error(
-                f"must be <= the {self.tile_outputs} output columns of one array, got {self.adc.columns_per_adc}")
-
-    @property
-    def tile_outputs(self) -> int:
-        """Physical output lines of one array (before slicing), i.e. what the ADCs read."""
-        return self.array.cols if self.array else self._photonic().mesh_size
+                f"must be <= the {self.tile_outputs} output columns of one array, "
+                f"got {self.adc.columns_per_adc}"
+            )
 
     def to_toml(self) -> str:
         """This spec as a TOML document (defaults filled in); it parses back to an equal spec."""
         return _toml_table(self.to_dict(), "")
-
-    def describe(self) -> str:
-        """Human-readable form for `afmc targets NAME`: the resolved TOML."""
-        return self.to_toml()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -747,12 +799,13 @@ def from_toml_text(text: str, source: str | None = None) -> TargetSpec:
     return from_dict(data, source)
 
 
-def from_toml(path: str | Path) -> TargetSpec:
+def from_toml(path: str | os.PathLike[str]) -> TargetSpec:
     """Read a target file."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise TargetError(f"cannot read target file: {exc.strerror or exc}", file=str(path)) from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise TargetError(f"cannot read target file: {why}", file=str(path)) from None
     return from_toml_text(text, str(path))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..errors import VerifyError
-from . import nn  # noqa: F401  (registers the nn dialect)
+from . import nn, xbar  # noqa: F401  (register the dialects)
 from .core import Module, Op
 from .dialects import OPS
 

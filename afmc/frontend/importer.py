@@ -1,0 +1,734 @@
+"""Lowering an ONNX graph to the ``nn`` dialect, one node at a time, folding constants as it goes.
+
+The importer walks the (checked, opset-converted) graph in order. Each node goes through its
+handler from ``HANDLERS`` (registered with ``@handles``) or, for the plain ``ONNX_TO_NN`` ops, the
+generic handler: operands from the name map, attributes spelled out with schema defaults, result
+types from onnx's per-node shape inference fed with the constant operands, and evaluation with
+the reference interpreter when every operand is a constant. Shape arithmetic therefore folds away
+as soon as it is imported, and every result type is static.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.inliner
+import onnx.version_converter
+from onnx import AttributeProto, NodeProto, TensorProto
+
+from ..errors import AfmcError, FrontendError, InternalError, UnsupportedError
+from ..interp import evaluate_op
+from ..ir import dtypes
+from ..ir.core import Module, Op, TensorType, Value
+from ..ir.nn import ONNX_TO_NN, OPSET
+from .loader import (
+    MAX_TENSOR_BYTES,
+    TensorReader,
+    check_model_path,
+    check_model_proto,
+    check_structure,
+    first_line,
+    format_bytes,
+    load_skeleton,
+)
+
+#: Results up to this size are folded at import. Shape arithmetic is tiny; weight-sized
+#: transforms (Transpose/Cast of a weight) are left to the ``fold-constants`` pass so that
+#: importing never copies weights.
+FOLD_MAX_BYTES = 1 << 20
+
+#: Constant operands up to this many elements are shown to shape inference as data.
+_DATA_MAX_ELEMENTS = 1 << 12
+
+#: INT attributes that hold an ONNX element type; the IR stores the IR dtype name instead.
+DTYPE_ATTRS = frozenset({"to", "dtype", "output_dtype", "stash_type"})
+
+#: Ops the version converter rewrites into supported ones (checked again after conversion).
+_CONVERTED_AWAY = frozenset({"Upsample"})
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+Handler = Callable[["Importer", NodeProto, str], None]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(*op_types: str) -> Callable[[Handler], Handler]:
+    """Register an import handler for ONNX op types that need more than the generic lowering."""
+
+    def register(fn: Handler) -> Handler:
+        for op_type in op_types:
+            if op_type in HANDLERS:
+                raise ValueError(f"two import handlers for {op_type}")
+            HANDLERS[op_type] = fn
+        return fn
+
+    return register
+
+
+# -- public API --------------------------------------------------------------------------------
+
+
+def import_onnx(
+    path: str | os.PathLike[str],
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    max_tensor_bytes: int = MAX_TENSOR_BYTES,
+    fold_max_bytes: int = FOLD_MAX_BYTES,
+) -> Module:
+    """Import the ONNX file at ``path``; external data is memory-mapped from the file's folder.
+
+    ``input_shapes`` gives the full static shape of inputs with dynamic dimensions. Every
+    expected failure raises ``FrontendError`` (``UnsupportedError`` for unsupported ops).
+    """
+    file = os.fspath(path)
+    model = load_skeleton(file)
+    reader = TensorReader(os.path.dirname(os.path.abspath(file)), file, max_tensor_bytes)
+    return _guarded(file, lambda: _import(model, input_shapes, reader, lambda m: check_model_path(file), fold_max_bytes))
+
+
+def import_model(
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    base_dir: str | None = None,
+    *,
+    max_tensor_bytes: int = MAX_TENSOR_BYTES,
+    fold_max_bytes: int = FOLD_MAX_BYTES,
+) -> Module:
+    """Import an in-memory model; ``base_dir`` is where its external data files live, if any."""
+    check_structure(model, None)
+    reader = TensorReader(base_dir, None, max_tensor_bytes)
+    return _guarded(None, lambda: _import(model, input_shapes, reader, lambda m: check_model_proto(m, None), fold_max_bytes))
+
+
+def _guarded(file: str | None, run: Callable[[], Module]) -> Module:
+    """No raw exception leaves the frontend: a surprise is an ``InternalError`` (exit code 1)."""
+    try:
+        return run()
+    except AfmcError as exc:
+        if exc.file is None:
+            exc.file = file
+        raise
+    except Exception as exc:
+        raise InternalError(f"the ONNX frontend failed: {type(exc).__name__}: {first_line(exc)}", file=file) from exc
+
+
+def _import(
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    reader: TensorReader,
+    check: Callable[[onnx.ModelProto], None],
+    fold_max_bytes: int,
+) -> Module:
+    reader.validate(model)
+    raise_unsupported(model.graph.node, allowed=_CONVERTED_AWAY)
+    check(model)
+    if model.functions:
+        try:
+            model = onnx.inliner.inline_local_functions(model)
+        except Exception as exc:
+            raise FrontendError(f"cannot inline the model's local functions: {first_line(exc)}") from None
+        raise_unsupported(model.graph.node)
+    model, opset = canonical_opset(model)
+    raise_unsupported(model.graph.node)
+    return Importer(model.graph, opset, reader, fold_max_bytes).run(input_shapes)
+
+
+# -- op support and opsets ---------------------------------------------------------------------
+
+
+def node_label(node: NodeProto, index: int, prefix: str = "") -> str:
+    """The node's location: its name, or ``<OpType>_<index>`` when it has none."""
+    return node.name or f"{prefix}{node.op_type}_{index}"
+
+
+def is_supported(node: NodeProto) -> bool:
+    return node.domain in _DEFAULT_DOMAINS and (node.op_type in HANDLERS or node.op_type in ONNX_TO_NN)
+
+
+def raise_unsupported(nodes: Iterable[NodeProto], prefix: str = "", allowed: frozenset[str] = frozenset()) -> None:
+    """One error listing every unsupported op type, with one node name (and a count) each."""
+    found: dict[str, list[Any]] = {}
+    for index, node in enumerate(nodes):
+        if is_supported(node) or (node.domain in _DEFAULT_DOMAINS and node.op_type in allowed):
+            continue
+        key = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
+        if key in found:
+            found[key][1] += 1
+            continue
+        subgraph = any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute)
+        found[key] = [node_label(node, index, prefix), 1, subgraph]
+    if not found:
+        return
+    parts = []
+    for key, (label, count, subgraph) in found.items():
+        text = f"{key} (node '{label}'"
+        text += f" and {count - 1} more" if count > 1 else ""
+        text += "; has a subgraph, not supported" if subgraph else ""
+        parts.append(text + ")")
+    raise UnsupportedError("unsupported ops: " + ", ".join(parts))
+
+
+def _all_op_types(graph: onnx.GraphProto) -> set[str]:
+    types: set[str] = set()
+    for node in graph.node:
+        if node.domain in _DEFAULT_DOMAINS:
+            types.add(node.op_type)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                types |= _all_op_types(sub)
+    return types
+
+
+def _since(op_type: str, opset: int) -> int | None:
+    try:
+        return int(onnx.defs.get_schema(op_type, opset, "").since_version)
+    except Exception:
+        return None
+
+
+def canonical_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """The model at opset ``OPSET`` (version converter), or at its own newer opset when no op changed."""
+    versions = [o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS]
+    if not versions:
+        raise FrontendError("the model does not import the default ONNX opset")
+    version = int(versions[0])
+    if version == OPSET:
+        return model, OPSET
+    if version > OPSET:
+        changed = sorted(t for t in _all_op_types(model.graph) if _since(t, version) != _since(t, OPSET))
+        if not changed:
+            return model, version  # every op means the same at both opsets
+    try:
+        converted = onnx.version_converter.convert_version(model, OPSET)
+    except Exception as exc:
+        if version > OPSET:
+            raise UnsupportedError(
+                f"opset {version} is newer than afmc's opset {OPSET}, {', '.join(changed)} changed "
+                f"meaning since, and the version converter cannot go back: {first_line(exc)}"
+            ) from None
+        raise FrontendError(f"cannot convert opset {version} to {OPSET}: {first_line(exc)}") from None
+    return converted, OPSET
+
+
+@functools.lru_cache(maxsize=None)
+def _schema(op_type: str, opset: int) -> onnx.defs.OpSchema:
+    return onnx.defs.get_schema(op_type, opset, "")
+
+
+# -- attributes --------------------------------------------------------------------------------
+
+_ATTR_READERS: dict[int, Callable[[AttributeProto], Any]] = {
+    AttributeProto.INT: lambda a: int(a.i),
+    AttributeProto.FLOAT: lambda a: float(np.float32(a.f)),
+    AttributeProto.STRING: lambda a: a.s.decode("utf-8", "replace"),
+    AttributeProto.INTS: lambda a: tuple(int(v) for v in a.ints),
+    AttributeProto.FLOATS: lambda a: tuple(float(np.float32(v)) for v in a.floats),
+    AttributeProto.STRINGS: lambda a: tuple(s.decode("utf-8", "replace") for s in a.strings),
+}
+
+
+def _dtype_name(code: int, what: str) -> str:
+    try:
+        return dtypes.from_onnx(code)
+    except KeyError as exc:
+        raise UnsupportedError(f"{what}: {exc.args[0]}") from None
+
+
+# -- the importer ------------------------------------------------------------------------------
+
+
+def _module_name(graph_name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]", "_", graph_name).strip("_")
+    if not name:
+        return "main"
+    return f"m_{name}" if name[0].isdigit() else name
+
+
+def _type_of(type_proto: onnx.TypeProto) -> tuple[int, list[int | str] | None] | None:
+    """(elem type, dims) of a tensor TypeProto; a dim is an int, a symbol, or '?'; None if not a tensor."""
+    if type_proto.WhichOneof("value") != "tensor_type":
+        return None
+    tensor = type_proto.tensor_type
+    if not tensor.HasField("shape"):
+        return tensor.elem_type, None
+    dims: list[int | str] = []
+    for dim in tensor.shape.dim:
+        kind = dim.WhichOneof("value")
+        if kind == "dim_value" and dim.dim_value >= 0:
+            dims.append(int(dim.dim_value))
+        else:
+            dims.append(dim.dim_param if kind == "dim_param" and dim.dim_param else "?")
+    return tensor.elem_type, dims
+
+
+class Importer:
+    """The state of one import: the module being built and the ONNX name -> Value map."""
+
+    def __init__(self, graph: onnx.GraphProto, opset: int, reader: TensorReader, fold_max_bytes: int) -> None:
+        self.graph = graph
+        self.opset = opset
+        self.opset_imports = [onnx.helper.make_opsetid("", opset)]
+        self.reader = reader
+        self.fold_max_bytes = fold_max_bytes
+        self.module = Module(_module_name(graph.name))
+        self.env: dict[str, Value] = {}
+        self.pending: dict[str, TensorProto | onnx.SparseTensorProto] = {}
+        self.declared: dict[str, tuple[int, list[int | str] | None]] = {}
+        self.onnx_names: set[str] = set()
+        self._synthetic = 0
+
+    # -- driving -------------------------------------------------------------------------------
+    def run(self, input_shapes: Mapping[str, Sequence[int]] | None) -> Module:
+        self._collect_names(self.graph)
+        self._add_graph_constants(self.graph)
+        self._add_inputs(input_shapes or {})
+        self.import_nodes(self.graph.node)
+        self._set_outputs()
+        self.module.remove_dead()
+        return self.module
+
+    def import_nodes(self, nodes: Iterable[NodeProto], prefix: str = "") -> None:
+        for index, node in enumerate(nodes):
+            loc = node_label(node, index, prefix)
+            handler = HANDLERS.get(node.op_type, import_generic)
+            try:
+                handler(self, node, loc)
+            except AfmcError as exc:
+                if exc.node is None:
+                    exc.node = loc
+                raise
+
+    def _collect_names(self, graph: onnx.GraphProto) -> None:
+        names = self.onnx_names
+        names.update(v.name for v in graph.input)
+        names.update(v.name for v in graph.output)
+        names.update(t.name for t in graph.initializer)
+        for node in graph.node:
+            names.update(node.input)
+            names.update(node.output)
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    self._collect_names(sub)
+
+    def _add_graph_constants(self, graph: onnx.GraphProto) -> None:
+        """Initializers become constants on first use; value_info and outputs are declared types."""
+        for tensor in graph.initializer:
+            self.pending[tensor.name] = tensor
+        for sparse in graph.sparse_initializer:
+            self.pending[sparse.values.name] = sparse
+        for info in list(graph.value_info) + list(graph.output):
+            parsed = _type_of(info.type)
+            if parsed is not None and info.name:
+                self.declared[info.name] = parsed
+
+    def _add_inputs(self, input_shapes: Mapping[str, Sequence[int]]) -> None:
+        real = [v for v in self.graph.input if v.name not in self.pending]
+        names = [v.name for v in real]
+        unknown = [n for n in input_shapes if n not in names]
+        if unknown:
+            listed = ", ".join(f"'{n}'" for n in names) or "none"
+            raise FrontendError(
+                f"input shape given for unknown input {', '.join(repr(n) for n in unknown)}; the model's inputs are {listed}"
+            )
+        missing: list[str] = []
+        for info in real:
+            parsed = _type_of(info.type)
+            if parsed is None:
+                raise UnsupportedError(f"input '{info.name}' is not a tensor ({info.type.WhichOneof('value')})")
+            dtype = _dtype_name(parsed[0], f"input '{info.name}'")
+            dims = parsed[1]
+            if info.name in input_shapes:
+                shape = self._given_shape(info.name, input_shapes[info.name], dims)
+            elif dims is not None and all(isinstance(d, int) for d in dims):
+                shape = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+            else:
+                example = "x".join(str(d) if isinstance(d, int) else "1" for d in dims) if dims else "1x..."
+                shown = "unknown rank" if dims is None else f"dynamic dimensions {dims}"
+                missing.append(f"input '{info.name}' has {shown}; give --input-shape {info.name}={example}")
+                continue
+            value_type = TensorType(shape, dtype)
+            self._check_bytes(value_type, f"input '{info.name}'")
+            self.env[info.name] = self.module.add_input(info.name, value_type)
+        if missing:
+            raise FrontendError("; ".join(missing))
+
+    @staticmethod
+    def _given_shape(name: str, given: Sequence[int], dims: list[int | str] | None) -> tuple[int, ...]:
+        try:
+            shape = tuple(int(d) for d in given)
+            if any(int(d) != d for d in given):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise FrontendError(f"input shape for '{name}' must be a sequence of integers, got {given!r}") from None
+        text = "x".join(map(str, shape))
+        if any(d <= 0 for d in shape):
+            raise FrontendError(f"input shape {name}={text}: dimensions must be positive")
+        if dims is not None:
+            if len(dims) != len(shape):
+                raise FrontendError(f"input shape {name}={text} has rank {len(shape)}; the model's input has rank "
+                                    f"{len(dims)} {dims}")
+            clashes = [i for i, (d, s) in enumerate(zip(dims, shape)) if isinstance(d, int) and d != s]
+            if clashes:
+                raise FrontendError(f"input shape {name}={text} contradicts the model's static dimensions {dims}")
+        return shape
+
+    def _set_outputs(self) -> None:
+        for info in self.graph.output:
+            value = self.value(info.name)
+            if value is None:
+                raise FrontendError(f"graph output '{info.name}' is not produced by any node")
+            if value.name != info.name:  # an alias (inlined If): give the output its exact name
+                result = Value(info.name, value.type)
+                self.module.claim_name(info.name)
+                self.module.append(Op("nn.identity", [value], [result], {}, info.name))
+                value = result
+            self.module.outputs.append(value)
+
+    # -- values --------------------------------------------------------------------------------
+    def value(self, name: str) -> Value | None:
+        """The Value for an ONNX name, materialising an initializer on first use; '' is None."""
+        if not name:
+            return None
+        found = self.env.get(name)
+        if found is not None:
+            return found
+        tensor = self.pending.pop(name, None)
+        if tensor is None:
+            return None
+        array = self._read_sparse(tensor) if isinstance(tensor, onnx.SparseTensorProto) else self.reader.read(tensor, name)
+        return self.add_constant(array, name, name)
+
+    def operand(self, name: str) -> Value | None:
+        value = self.value(name)
+        if value is None and name:
+            raise FrontendError(
+                f"input '{name}' is not defined before this node (the graph is not in topological order, "
+                "or the value does not exist)"
+            )
+        return value
+
+    def bind(self, name: str, value: Value) -> None:
+        if name in self.env or name in self.pending:
+            raise FrontendError(f"value '{name}' is defined twice")
+        self.env[name] = value
+
+    def constant(self, value: Value | None) -> np.ndarray | None:
+        return self.module.constant_of(value)
+
+    def add_constant(self, array: np.ndarray, name: str, loc: str) -> Value:
+        """Put ``array`` in the pool under the ONNX name ``name`` and bind it."""
+        self._check_bytes(TensorType.of(np.asarray(array)), f"'{name}'")
+        _, op = self.module.add_constant(array, name, loc)
+        self.module.append(op)
+        self.bind(name, op.result)
+        return op.result
+
+    def synthetic_name(self, hint: str) -> str:
+        """A fresh name that no ONNX value uses (for outputs the model omitted)."""
+        while True:
+            self._synthetic += 1
+            candidate = f"{hint}.{self._synthetic}"
+            if candidate not in self.onnx_names:
+                return self.module.fresh_name(candidate)
+
+    def _check_bytes(self, value_type: TensorType, what: str) -> None:
+        if value_type.is_static and value_type.nbytes > self.reader.max_tensor_bytes:
+            raise FrontendError(
+                f"{what} would be {format_bytes(value_type.nbytes)} ({value_type}), over the "
+                f"{format_bytes(self.reader.max_tensor_bytes)} limit for one tensor"
+            )
+
+    def _read_sparse(self, sparse: onnx.SparseTensorProto) -> np.ndarray:
+        name = sparse.values.name
+        values = self.reader.read(sparse.values, name)
+        indices = self.reader.read(sparse.indices, name).astype(np.int64)
+        shape = tuple(int(d) for d in sparse.dims)
+        dense_type = TensorType(shape, dtypes.from_numpy(values.dtype))
+        self._check_bytes(dense_type, f"sparse tensor '{name}'")
+        dense = np.zeros(shape, values.dtype)
+        try:
+            if indices.ndim == 1:
+                dense.reshape(-1)[indices] = values
+            else:
+                dense[tuple(indices.T)] = values
+        except (IndexError, ValueError) as exc:
+            raise FrontendError(f"sparse tensor '{name}' has bad indices: {exc}") from None
+        return dense
+
+    # -- node lowering -------------------------------------------------------------------------
+    def attributes(self, node: NodeProto) -> dict[str, Any]:
+        """Every schema attribute: given, or its default; dtype codes as IR dtype names."""
+        schema = self.schema(node)
+        given = {a.name: a for a in node.attribute}
+        unknown = sorted(set(given) - set(schema.attributes))
+        if unknown:
+            raise FrontendError(f"{node.op_type} has no attribute {', '.join(repr(n) for n in unknown)}")
+        result: dict[str, Any] = {}
+        for name, spec in schema.attributes.items():
+            attr = given.get(name)
+            if attr is None:
+                if spec.required:
+                    raise FrontendError(f"{node.op_type} needs attribute '{name}'")
+                if spec.default_value.type == AttributeProto.UNDEFINED:
+                    continue  # optional without a default (Conv pads, ...): left out
+                attr = spec.default_value
+            result[name] = self.attribute_value(node, attr, name)
+        return result
+
+    def attribute_value(self, node: NodeProto, attr: AttributeProto, name: str) -> Any:
+        if attr.ref_attr_name:
+            raise UnsupportedError(f"attribute '{name}' refers to a function attribute")
+        if attr.type == AttributeProto.TENSOR:
+            return self.reader.read(attr.t, f"{node.op_type}.{name}")
+        read = _ATTR_READERS.get(attr.type)
+        if read is None:
+            kind = AttributeProto.AttributeType.Name(attr.type)
+            raise UnsupportedError(f"attribute '{name}' of type {kind} is not supported")
+        value = read(attr)
+        if name in DTYPE_ATTRS and attr.type == AttributeProto.INT:
+            value = _dtype_name(value, f"attribute '{name}'")
+        return value
+
+    def schema(self, node: NodeProto) -> onnx.defs.OpSchema:
+        try:
+            return _schema(node.op_type, self.opset)
+        except Exception:
+            raise UnsupportedError(f"{node.op_type} is not an ONNX op at opset {self.opset}") from None
+
+    def output_names(self, node: NodeProto, loc: str) -> list[str]:
+        """The node's outputs without trailing omitted ones; omitted ones in between get fresh names."""
+        names = list(node.output)
+        while names and not names[-1]:
+            names.pop()
+        return [n or self.synthetic_name(f"{loc}.unused") for n in names]
+
+    def infer(self, node: NodeProto, names: list[str], operands: Sequence[Value | None]) -> list[TensorType | None]:
+        """Result types from onnx's shape inference for this node alone; None when the rank is unknown."""
+        input_types: dict[str, onnx.TypeProto] = {}
+        input_data: dict[str, TensorProto] = {}
+        for name, value in zip(node.input, operands):
+            if value is None:
+                continue
+            input_types[name] = onnx.helper.make_tensor_type_proto(dtypes.to_onnx(value.type.dtype), value.type.shape)
+            array = self.constant(value)
+            if array is not None and array.size <= _DATA_MAX_ELEMENTS:
+                input_data[name] = onnx.numpy_helper.from_array(np.asarray(array), name)
+        if list(node.output) != names:
+            renamed = NodeProto()
+            renamed.CopyFrom(node)
+            del renamed.output[:]
+            renamed.output.extend(names)
+            node = renamed
+        try:
+            inferred = onnx.shape_inference.infer_node_outputs(
+                self.schema(node), node, input_types, input_data, opset_imports=self.opset_imports
+            )
+        except Exception as exc:
+            raise FrontendError(f"shape inference failed: {first_line(exc)}") from None
+        types: list[TensorType | None] = []
+        for name in names:
+            parsed = _type_of(inferred[name]) if name in inferred else None
+            if parsed is None or parsed[0] == TensorProto.UNDEFINED:
+                raise FrontendError(f"cannot infer the type of output '{name}'")
+            dims = self._merge_declared(name, parsed[0], parsed[1])
+            dtype = _dtype_name(parsed[0], f"output '{name}'")
+            types.append(None if dims is None else TensorType(tuple(d if isinstance(d, int) else -1 for d in dims), dtype))
+        return types
+
+    def _merge_declared(self, name: str, elem: int, dims: list[int | str] | None) -> list[int | str] | None:
+        """Cross-check with the model's value_info/outputs; fill dims only the model knows."""
+        declared = self.declared.get(name)
+        if declared is None:
+            return dims
+        d_elem, d_dims = declared
+        if d_elem not in (TensorProto.UNDEFINED, elem):
+            raise FrontendError(
+                f"output '{name}' is {TensorProto.DataType.Name(elem)} by shape inference but the model declares "
+                f"{TensorProto.DataType.Name(d_elem) if d_elem in TensorProto.DataType.values() else d_elem}"
+            )
+        if d_dims is None:
+            return dims
+        if dims is None:
+            return d_dims
+        if len(d_dims) != len(dims):
+            raise FrontendError(f"output '{name}' has rank {len(dims)} {dims} by shape inference; the model declares {d_dims}")
+        merged: list[int | str] = []
+        for mine, theirs in zip(dims, d_dims):
+            if isinstance(mine, int) and isinstance(theirs, int) and mine != theirs:
+                raise FrontendError(f"output '{name}' has shape {dims} by shape inference; the model declares {d_dims}")
+            merged.append(mine if isinstance(mine, int) else theirs)
+        return merged
+
+    def emit(
+        self,
+        nn_name: str,
+        operands: Sequence[Value | None],
+        types: Sequence[TensorType | None],
+        names: Sequence[str],
+        attrs: Mapping[str, Any],
+        loc: str,
+    ) -> None:
+        """Fold the op if its operands are constants and its results small, else append it."""
+        args = [self.constant(v) for v in operands]
+        constant = all(a is not None for a, v in zip(args, operands) if v is not None)
+        static = all(t is not None and t.is_static for t in types)
+        if constant and static:
+            fold = sum(t.nbytes for t in types if t is not None) <= self.fold_max_bytes
+        else:  # shape inference could not tell: evaluation is the only way to a static type
+            fold = constant and sum(a.nbytes for a in args if a is not None) <= self.fold_max_bytes
+        if fold:
+            arrays = self._evaluate(nn_name, operands, args, types, names, attrs, loc)
+            if arrays is not None:
+                for name, array in zip(names, arrays):
+                    self.add_constant(array, name, loc)
+                return
+        for name, value_type in zip(names, types):
+            if value_type is None or not value_type.is_static:
+                shown = "unknown rank" if value_type is None else str(value_type)
+                raise FrontendError(
+                    f"cannot infer a static shape for output '{name}' ({shown}); it depends on values "
+                    "that are not constant at compile time"
+                )
+            self._check_bytes(value_type, f"output '{name}'")
+        results = []
+        for name, value_type in zip(names, types):
+            if name in self.env or name in self.pending:
+                raise FrontendError(f"value '{name}' is defined twice")
+            self.module.claim_name(name)
+            results.append(Value(name, value_type))  # type: ignore[arg-type]
+        self.module.append(Op(nn_name, operands, results, attrs, loc))
+        for name, result in zip(names, results):
+            if name in self.onnx_names:
+                self.bind(name, result)
+
+    def _evaluate(
+        self,
+        nn_name: str,
+        operands: Sequence[Value | None],
+        args: list[np.ndarray | None],
+        types: Sequence[TensorType | None],
+        names: Sequence[str],
+        attrs: Mapping[str, Any],
+        loc: str,
+    ) -> list[np.ndarray] | None:
+        """The op's results on constant operands, or None when the interpreter lacks the op."""
+        probe_types = [t if t is not None else TensorType((), "f32") for t in types]
+        probe = Op(nn_name, operands, [Value(n, t) for n, t in zip(names, probe_types)], attrs, loc)
+        try:
+            arrays = evaluate_op(probe, args)
+        except UnsupportedError:
+            return None
+        except AfmcError:
+            raise
+        except Exception as exc:
+            raise FrontendError(f"evaluating this constant {nn_name} failed: {first_line(exc)}") from None
+        finally:
+            probe.drop_operands()
+        typed = []
+        for name, array, value_type in zip(names, arrays, types):
+            array = np.asarray(array)
+            if value_type is not None:
+                array = array.astype(dtypes.to_numpy(value_type.dtype), copy=False)
+                expected = value_type.shape
+                if len(expected) != array.ndim or any(e >= 0 and e != a for e, a in zip(expected, array.shape)):
+                    raise InternalError(
+                        f"{nn_name} folded '{name}' to shape {list(array.shape)}, shape inference says {value_type}"
+                    )
+            typed.append(array)
+        return typed
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+def import_generic(imp: Importer, node: NodeProto, loc: str) -> None:
+    """An op of ``ONNX_TO_NN``: same operands, all attributes, inferred static result types."""
+    operands = [imp.operand(name) for name in node.input]
+    attrs = imp.attributes(node)
+    names = imp.output_names(node, loc)
+    types = imp.infer(node, names, operands)
+    imp.emit(ONNX_TO_NN[node.op_type], operands, types, names, attrs, loc)
+
+
+@handles("Constant")
+def import_constant(imp: Importer, node: NodeProto, loc: str) -> None:
+    """A ``Constant`` node is a pool constant exactly like an initializer."""
+    if len(node.attribute) != 1:
+        raise FrontendError(f"Constant needs exactly one value attribute, has {len(node.attribute)}")
+    attr = node.attribute[0]
+    name = node.output[0]
+    if attr.name == "sparse_value":
+        array = imp._read_sparse(attr.sparse_tensor)
+    elif attr.name == "value":
+        array = imp.reader.read(attr.t, name)
+    else:
+        value = imp.attribute_value(node, attr, attr.name)
+        kinds = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+                 "value_ints": np.int64, "value_string": object, "value_strings": object}
+        if attr.name not in kinds:
+            raise FrontendError(f"Constant has unknown attribute '{attr.name}'")
+        array = np.array(value, dtype=kinds[attr.name])
+    imp.add_constant(array, name, loc)
+
+
+@handles("Shape")
+def import_shape(imp: Importer, node: NodeProto, loc: str) -> None:
+    """Every type is static, so ``Shape`` is always a constant (this is what dissolves shape subgraphs)."""
+    data = imp.operand(node.input[0])
+    assert data is not None
+    attrs = imp.attributes(node)
+    start, end = attrs.get("start", 0), attrs.get("end")
+    imp.add_constant(np.array(data.type.shape[start:end], dtype=np.int64), node.output[0], loc)
+
+
+@handles("Size")
+def import_size(imp: Importer, node: NodeProto, loc: str) -> None:
+    data = imp.operand(node.input[0])
+    assert data is not None
+    imp.add_constant(np.array(data.type.numel, dtype=np.int64), node.output[0], loc)
+
+
+@handles("Dropout")
+def import_dropout(imp: Importer, node: NodeProto, loc: str) -> None:
+    """Inference-mode Dropout is the identity; its mask, if asked for, is all true."""
+    data = imp.operand(node.input[0])
+    assert data is not None
+    if len(node.input) > 2 and node.input[2]:
+        training = imp.constant(imp.operand(node.input[2]))
+        if training is None or bool(np.asarray(training).reshape(-1)[0]):
+            raise UnsupportedError("Dropout in training mode (random) is not supported")
+    imp.emit("nn.identity", [data], [data.type], [node.output[0]], {}, loc)
+    if len(node.output) > 1 and node.output[1]:
+        imp.add_constant(np.ones(data.type.shape, dtype=np.bool_), node.output[1], loc)
+
+
+@handles("If")
+def import_if(imp: Importer, node: NodeProto, loc: str) -> None:
+    """An ``If`` whose condition folds to a constant is inlined; a data-dependent one is an error."""
+    cond = imp.operand(node.input[0])
+    array = imp.constant(cond)
+    if array is None:
+        raise UnsupportedError("If with a condition computed at run time (data-dependent control flow) is not supported")
+    if np.asarray(array).size != 1:
+        raise FrontendError(f"If condition has {np.asarray(array).size} elements, needs one")
+    taken = "then_branch" if bool(np.asarray(array).reshape(-1)[0]) else "else_branch"
+    branch = next((a.g for a in node.attribute if a.name == taken), None)
+    if branch is None:
+        raise FrontendError(f"If has no {taken}")
+    if len(branch.output) != len(node.output):
+        raise FrontendError(f"If {taken} has {len(branch.output)} outputs, the node {len(node.output)}")
+    prefix = f"{loc}/{taken}/"
+    raise_unsupported(branch.node, prefix)
+    imp._add_graph_constants(branch)
+    imp.import_nodes(branch.node, prefix)
+    for out, branch_out in zip(node.output, branch.output):
+        value = imp.operand(branch_out.name)
+        if out and value is not None:
+            imp.bind(out, value)
