@@ -10,7 +10,7 @@ import json
 import math
 from collections import Counter
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import quoteattr
 
 from .ir.core import Module
 
@@ -122,13 +122,15 @@ def to_junit(report: dict[str, Any]) -> str:
         body = ""
         if layer["layer"] in missing:
             m = missing[layer["layer"]]
-            body = f'<failure message={quoteattr(f"{m["arrays_short"]} of {m["arrays_needed"]} arrays short")}/>'
-        cases.append(f'  <testcase classname={quoteattr(name)} name={quoteattr(layer["layer"])}>{body}</testcase>')
+            short = "{} of {} arrays short".format(m["arrays_short"], m["arrays_needed"])
+            body = f"<failure message={quoteattr(short)}/>"
+        layer_name = quoteattr(layer["layer"])
+        cases.append(f"  <testcase classname={quoteattr(name)} name={layer_name}>{body}</testcase>")
     total = report["tiles"]
-    fit_body = "" if report["status"] == "fits" else (
-        f'<failure message={quoteattr(f"needs {total["required"]} arrays, {total["available"]} available")}/>'
-    )
-    cases.insert(0, f'  <testcase classname={quoteattr(name)} name="fits {escape(str(report["target"]))}">{fit_body}</testcase>')
+    need = "needs {} arrays, {} available".format(total["required"], total["available"])
+    fit_body = "" if report["status"] == "fits" else f"<failure message={quoteattr(need)}/>"
+    fits_name = quoteattr("fits " + str(report["target"]))
+    cases.insert(0, f"  <testcase classname={quoteattr(name)} name={fits_name}>{fit_body}</testcase>")
     failures = sum("<failure" in c for c in cases)
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'

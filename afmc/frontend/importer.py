@@ -88,9 +88,18 @@ def import_onnx(
     expected failure raises ``FrontendError`` (``UnsupportedError`` for unsupported ops).
     """
     file = os.fspath(path)
-    model = load_skeleton(file)
-    reader = TensorReader(os.path.dirname(os.path.abspath(file)), file, max_tensor_bytes)
-    return _guarded(file, lambda: _import(model, input_shapes, reader, lambda m: check_model_path(file), fold_max_bytes))
+
+    def run() -> Module:
+        model, carved = load_skeleton(file)
+        reader = TensorReader(os.path.dirname(os.path.abspath(file)), file, max_tensor_bytes)
+        # A carved skeleton is small and complete: check it in memory rather than have the
+        # checker parse the whole file (weights included) again.
+        check: Callable[[onnx.ModelProto], None] = (
+            (lambda m: check_model_proto(m, file)) if carved else (lambda m: check_model_path(file))
+        )
+        return _import(model, input_shapes, reader, check, fold_max_bytes)
+
+    return _guarded(file, run)
 
 
 def import_model(
@@ -102,9 +111,12 @@ def import_model(
     fold_max_bytes: int = FOLD_MAX_BYTES,
 ) -> Module:
     """Import an in-memory model; ``base_dir`` is where its external data files live, if any."""
-    check_structure(model, None)
-    reader = TensorReader(base_dir, None, max_tensor_bytes)
-    return _guarded(None, lambda: _import(model, input_shapes, reader, lambda m: check_model_proto(m, None), fold_max_bytes))
+    def run() -> Module:
+        check_structure(model, None)
+        reader = TensorReader(base_dir, None, max_tensor_bytes)
+        return _import(model, input_shapes, reader, lambda m: check_model_proto(m, None), fold_max_bytes)
+
+    return _guarded(None, run)
 
 
 def _guarded(file: str | None, run: Callable[[], Module]) -> Module:
@@ -115,6 +127,8 @@ def _guarded(file: str | None, run: Callable[[], Module]) -> Module:
         if exc.file is None:
             exc.file = file
         raise
+    except UnicodeDecodeError:  # protobuf checks UTF-8 only when a string field is read
+        raise FrontendError("not a valid ONNX model: a string field is not valid UTF-8", file=file) from None
     except Exception as exc:
         raise InternalError(f"the ONNX frontend failed: {type(exc).__name__}: {first_line(exc)}", file=file) from exc
 
@@ -135,9 +149,9 @@ def _import(
         except Exception as exc:
             raise FrontendError(f"cannot inline the model's local functions: {first_line(exc)}") from None
         raise_unsupported(model.graph.node)
-    model, opset = canonical_opset(model)
+    model, opset, originals = canonical_opset(model)
     raise_unsupported(model.graph.node)
-    return Importer(model.graph, opset, reader, fold_max_bytes).run(input_shapes)
+    return Importer(model.graph, opset, reader, fold_max_bytes, originals).run(input_shapes)
 
 
 # -- op support and opsets ---------------------------------------------------------------------
@@ -186,35 +200,98 @@ def _all_op_types(graph: onnx.GraphProto) -> set[str]:
     return types
 
 
-def _since(op_type: str, opset: int) -> int | None:
+def _schema_at(op_type: str, opset: int) -> onnx.defs.OpSchema | None:
     try:
-        return int(onnx.defs.get_schema(op_type, opset, "").since_version)
+        return _schema(op_type, opset)
     except Exception:
         return None
 
 
-def canonical_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """The model at opset ``OPSET`` (version converter), or at its own newer opset when no op changed."""
+def _signature(schema: onnx.defs.OpSchema) -> tuple[Any, ...]:
+    """Everything of a schema but its type constraints: attributes with defaults, inputs, outputs."""
+    attrs = tuple(
+        sorted((n, int(a.type), a.required, a.default_value.SerializeToString()) for n, a in schema.attributes.items())
+    )
+    inputs = tuple((i.name, int(i.option), i.type_str) for i in schema.inputs)
+    outputs = tuple((o.name, int(o.option), o.type_str) for o in schema.outputs)
+    return attrs, inputs, outputs, schema.min_input, schema.max_input, schema.min_output, schema.max_output
+
+
+def _type_constraints(schema: onnx.defs.OpSchema) -> tuple[Any, ...]:
+    return tuple(sorted((t.type_param_str, tuple(sorted(t.allowed_type_strs))) for t in schema.type_constraints))
+
+
+@functools.lru_cache(maxsize=None)
+def same_meaning(op_type: str, opset_a: int, opset_b: int) -> bool:
+    """True when ``op_type`` means the same at both opsets: the same schema, or only new element
+    types added in between (ONNX bumps an op's version for that alone). A version step that keeps
+    the signature and the types changed meaning (negative axes, padding rules): not the same."""
+    low, high = sorted((opset_a, opset_b))
+    chain: list[onnx.defs.OpSchema] = []
+    for opset in range(low, high + 1):
+        schema = _schema_at(op_type, opset)
+        if schema is None:
+            return False
+        if not chain or chain[-1].since_version != schema.since_version:
+            chain.append(schema)
+    return all(
+        _signature(a) == _signature(b) and _type_constraints(a) != _type_constraints(b) for a, b in zip(chain, chain[1:])
+    )
+
+
+def canonical_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, dict[str, TensorProto]]:
+    """The model at opset ``OPSET``: as is when none of its ops changed meaning in between, else
+    through the version converter (which costs ~6 ms even on a tiny model).
+
+    The converter serialises the whole model, so it sees a light copy whose large embedded
+    initializers are data-less stubs; the third result maps their names to the originals.
+    """
     versions = [o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS]
     if not versions:
         raise FrontendError("the model does not import the default ONNX opset")
     version = int(versions[0])
     if version == OPSET:
-        return model, OPSET
-    if version > OPSET:
-        changed = sorted(t for t in _all_op_types(model.graph) if _since(t, version) != _since(t, OPSET))
-        if not changed:
-            return model, version  # every op means the same at both opsets
+        return model, OPSET, {}
+    changed = sorted(t for t in _all_op_types(model.graph) if not same_meaning(t, version, OPSET))
+    if not changed:
+        return model, OPSET, {}  # every op means the same at both opsets: nothing to convert
+    light, originals = _light_copy(model)
     try:
-        converted = onnx.version_converter.convert_version(model, OPSET)
+        converted = onnx.version_converter.convert_version(light, OPSET)
     except Exception as exc:
         if version > OPSET:
             raise UnsupportedError(
-                f"opset {version} is newer than afmc's opset {OPSET}, {', '.join(changed)} changed "
-                f"meaning since, and the version converter cannot go back: {first_line(exc)}"
+                f"the model's opset {version} is newer than afmc's opset {OPSET}; {', '.join(changed)} changed "
+                f"since, and the version converter cannot convert back: {first_line(exc)}"
             ) from None
         raise FrontendError(f"cannot convert opset {version} to {OPSET}: {first_line(exc)}") from None
-    return converted, OPSET
+    return converted, OPSET, originals
+
+
+#: Embedded initializers above this size are stubbed out for the version converter. Small ones
+#: stay: down-conversion adapters read axes/shape initializers.
+_STUB_MIN_BYTES = 1 << 16
+
+
+def _light_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, TensorProto]]:
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    graph, source = light.graph, model.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    graph.sparse_initializer.extend(source.sparse_initializer)
+    originals: dict[str, TensorProto] = {}
+    for tensor in source.initializer:
+        if tensor.data_location != TensorProto.EXTERNAL and tensor.ByteSize() > _STUB_MIN_BYTES:
+            graph.initializer.append(TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims))
+            originals[tensor.name] = tensor
+        else:
+            graph.initializer.append(tensor)
+    return light, originals
 
 
 @functools.lru_cache(maxsize=None)
@@ -271,8 +348,16 @@ def _type_of(type_proto: onnx.TypeProto) -> tuple[int, list[int | str] | None] |
 class Importer:
     """The state of one import: the module being built and the ONNX name -> Value map."""
 
-    def __init__(self, graph: onnx.GraphProto, opset: int, reader: TensorReader, fold_max_bytes: int) -> None:
+    def __init__(
+        self,
+        graph: onnx.GraphProto,
+        opset: int,
+        reader: TensorReader,
+        fold_max_bytes: int,
+        originals: Mapping[str, TensorProto] | None = None,
+    ) -> None:
         self.graph = graph
+        self.originals = dict(originals or {})
         self.opset = opset
         self.opset_imports = [onnx.helper.make_opsetid("", opset)]
         self.reader = reader
@@ -320,7 +405,7 @@ class Importer:
     def _add_graph_constants(self, graph: onnx.GraphProto) -> None:
         """Initializers become constants on first use; value_info and outputs are declared types."""
         for tensor in graph.initializer:
-            self.pending[tensor.name] = tensor
+            self.pending[tensor.name] = self.originals.get(tensor.name, tensor)
         for sparse in graph.sparse_initializer:
             self.pending[sparse.values.name] = sparse
         for info in list(graph.value_info) + list(graph.output):
@@ -592,9 +677,14 @@ class Importer:
         for name, value_type in zip(names, types):
             if value_type is None or not value_type.is_static:
                 shown = "unknown rank" if value_type is None else str(value_type)
+                # shape-like operands (axes, pads, shapes) are integer tensors: name the runtime ones
+                culprits = [
+                    f"'{v.name}'" for v, a in zip(operands, args) if v is not None and a is None and v.type.dtype[0] in "iu"
+                ]
+                which = f"the values of {', '.join(culprits)}, which are" if culprits else "values that are"
                 raise FrontendError(
-                    f"cannot infer a static shape for output '{name}' ({shown}); it depends on values "
-                    "that are not constant at compile time"
+                    f"cannot infer a static shape for output '{name}' ({shown}); it depends on {which} "
+                    "not constant at compile time"
                 )
             self._check_bytes(value_type, f"output '{name}'")
         results = []
@@ -707,6 +797,15 @@ def import_dropout(imp: Importer, node: NodeProto, loc: str) -> None:
     imp.emit("nn.identity", [data], [data.type], [node.output[0]], {}, loc)
     if len(node.output) > 1 and node.output[1]:
         imp.add_constant(np.ones(data.type.shape, dtype=np.bool_), node.output[1], loc)
+
+
+@handles("CastLike")
+def import_cast_like(imp: Importer, node: NodeProto, loc: str) -> None:
+    """``CastLike(x, like)`` is ``Cast(x)`` to the (static) element type of ``like``."""
+    data, like = imp.operand(node.input[0]), imp.operand(node.input[1])
+    assert data is not None and like is not None
+    attrs = {**imp.attributes(node), "to": like.type.dtype}
+    imp.emit("nn.cast", [data], [TensorType(data.type.shape, like.type.dtype)], [node.output[0]], attrs, loc)
 
 
 @handles("If")

@@ -48,8 +48,20 @@ def first_line(exc: BaseException) -> str:
 # -- files -------------------------------------------------------------------------------------
 
 
-def load_skeleton(path: str) -> onnx.ModelProto:
-    """Parse ``path`` without external data; every failure is a ``FrontendError`` naming the file."""
+#: Files at least this large are not parsed whole: their big embedded initializers are left in
+#: the file and memory-mapped like external data (see ``carve_skeleton``).
+CARVE_MIN_FILE_BYTES = 32 << 20
+
+#: Embedded raw data at least this large is carved out (onnx.save inlines tensors under 1 KiB).
+_CARVE_MIN_TENSOR_BYTES = 4 << 10
+
+
+def load_skeleton(path: str) -> tuple[onnx.ModelProto, bool]:
+    """Parse ``path`` without weight data; every failure is a ``FrontendError`` naming the file.
+
+    Returns the model and whether embedded weights were carved out (they then read as external
+    data located in the model file itself, so that importing never copies them).
+    """
     if not os.path.exists(path):
         raise FrontendError("no such file", file=path)
     if os.path.isdir(path):
@@ -64,16 +76,128 @@ def load_skeleton(path: str) -> onnx.ModelProto:
         raise FrontendError(f"cannot read the file: {exc.strerror or exc}", file=path) from None
     if size == 0 or not head:
         raise FrontendError("empty file; not an ONNX model", file=path)
+    carved = size >= CARVE_MIN_FILE_BYTES
     try:
-        model = onnx.load(path, format="protobuf", load_external_data=False)
-    except DecodeError:
+        if carved:
+            model = onnx.ModelProto()
+            model.ParseFromString(carve_skeleton(path))
+        else:
+            model = onnx.load(path, format="protobuf", load_external_data=False)
+    except (DecodeError, _WireError):
         raise FrontendError(
             "not an ONNX model: the protobuf does not parse (truncated or corrupt file?)", file=path
         ) from None
     except (OSError, ValueError, RuntimeError) as exc:
         raise FrontendError(f"cannot read as ONNX: {first_line(exc)}", file=path) from None
     check_structure(model, path)
-    return model
+    return model, carved
+
+
+# -- protobuf wire format, just enough to find initializer bytes --------------------------------
+
+
+class _WireError(Exception):
+    """The bytes are not a well-formed protobuf message."""
+
+
+def _read_varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _WireError
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: Any, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, field start, value start, value end) of each field in buf[start:end]."""
+    pos = start
+    while pos < end:
+        field_start = pos
+        tag, pos = _read_varint(buf, pos, end)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value_start, (_, value_end) = pos, _read_varint(buf, pos, end)
+        elif wire == 1:
+            value_start, value_end = pos, pos + 8
+        elif wire == 5:
+            value_start, value_end = pos, pos + 4
+        elif wire == 2:
+            length, value_start = _read_varint(buf, pos, end)
+            value_end = value_start + length
+        else:
+            raise _WireError
+        if field == 0 or value_end > end:
+            raise _WireError
+        yield field, wire, field_start, value_start, value_end
+        pos = value_end
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _len_field(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+# Field numbers from onnx.proto: ModelProto.graph, GraphProto.initializer, and TensorProto's.
+_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
+_T_SEGMENT, _T_RAW_DATA, _T_EXTERNAL_DATA, _T_DATA_LOCATION = 3, 9, 13, 14
+
+
+def carve_skeleton(path: str) -> bytes:
+    """The model's bytes with each large ``raw_data`` of a top-level initializer replaced by an
+    external-data reference (location: the model file itself, offset and length of the bytes).
+
+    Protobuf cannot parse a message without reading its bytes fields into memory; rewriting the
+    wire format around them keeps the weights in the page cache, mapped on use, never copied.
+    """
+    location = os.path.basename(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        out = bytearray()
+        for field, wire, field_start, start, end in _fields(buf, 0, len(buf)):
+            if field != _MODEL_GRAPH or wire != 2:
+                out += buf[field_start:end]
+                continue
+            graph = bytearray()
+            for g_field, g_wire, g_field_start, g_start, g_end in _fields(buf, start, end):
+                if g_field == _GRAPH_INITIALIZER and g_wire == 2:
+                    graph += _len_field(_GRAPH_INITIALIZER, _carve_tensor(buf, g_start, g_end, location))
+                else:
+                    graph += buf[g_field_start:g_end]
+            out += _len_field(_MODEL_GRAPH, bytes(graph))
+        return bytes(out)
+
+
+def _carve_tensor(buf: Any, start: int, end: int, location: str) -> bytes:
+    kept = bytearray()
+    raw: tuple[int, int] | None = None
+    for field, wire, field_start, value_start, value_end in _fields(buf, start, end):
+        if field == _T_RAW_DATA and wire == 2:
+            raw = (value_start, value_end)
+        elif field in (_T_SEGMENT, _T_EXTERNAL_DATA):
+            return bytes(buf[start:end])
+        elif field == _T_DATA_LOCATION:
+            if wire != 0 or _read_varint(buf, value_start, value_end)[0] != TensorProto.DEFAULT:
+                return bytes(buf[start:end])
+        else:
+            kept += buf[field_start:value_end]
+    if raw is None or raw[1] - raw[0] < _CARVE_MIN_TENSOR_BYTES:
+        return bytes(buf[start:end])
+    for key, value in (("location", location), ("offset", str(raw[0])), ("length", str(raw[1] - raw[0]))):
+        kept += _len_field(_T_EXTERNAL_DATA, _len_field(1, key.encode()) + _len_field(2, value.encode()))
+    kept += _varint(_T_DATA_LOCATION << 3) + _varint(TensorProto.EXTERNAL)
+    return bytes(kept)
 
 
 def check_structure(model: onnx.ModelProto, file: str | None) -> None:
@@ -85,11 +209,37 @@ def check_structure(model: onnx.ModelProto, file: str | None) -> None:
         raise FrontendError(f"not an ONNX model ({what})", file=file)
     if not model.graph.node and not model.graph.output:
         raise FrontendError("not an ONNX model (the graph has no nodes and no outputs)", file=file)
+    bad = _non_text_string(model)
+    if bad:
+        raise FrontendError(f"not a valid ONNX model: {bad} is not UTF-8 text", file=file)
     seen: set[str] = set()
     for output in model.graph.output:
         if output.name in seen:
             raise FrontendError(f"graph output '{output.name}' is listed twice", file=file)
         seen.add(output.name)
+
+
+def _is_repeated(field: Any) -> bool:
+    flag = getattr(field, "is_repeated", None)  # protobuf >= 6.31; ``label`` is deprecated there
+    if flag is None:
+        return bool(field.label == field.LABEL_REPEATED)
+    return bool(flag() if callable(flag) else flag)
+
+
+def _non_text_string(message: Any, where: str = "") -> str | None:
+    """The first string field holding non-UTF-8 bytes (protobuf hands those out as ``bytes``)."""
+    for field, value in message.ListFields():
+        name = f"{where}.{field.name}" if where else field.name
+        repeated = _is_repeated(field)
+        if field.type == field.TYPE_STRING:
+            if any(not isinstance(v, str) for v in (value if repeated else [value])):
+                return name
+        elif field.type == field.TYPE_MESSAGE:
+            for item in value if repeated else [value]:
+                found = _non_text_string(item, name)
+                if found:
+                    return found
+    return None
 
 
 def check_model_path(path: str) -> None:
@@ -171,6 +321,8 @@ class TensorReader:
     def __init__(self, base_dir: str | None, file: str | None, max_tensor_bytes: int = MAX_TENSOR_BYTES) -> None:
         self.base_dir = base_dir
         self.file = file
+        # carved embedded weights refer to the model file itself by its base name
+        self._self_name = os.path.basename(file) if file else None
         self.max_tensor_bytes = max_tensor_bytes
         self._maps: dict[str, mmap.mmap] = {}
 
@@ -239,7 +391,9 @@ class TensorReader:
                              "it must be relative to the model's folder")
         base = os.path.realpath(self.base_dir)
         path = os.path.realpath(os.path.join(base, location))
-        if os.path.commonpath([base, path]) != base:
+        if location == self._self_name and self.file is not None:
+            path = os.path.realpath(self.file)  # the model file itself (carved weights), maybe a symlink
+        elif os.path.commonpath([base, path]) != base:
             raise self.error(f"tensor '{name}': external data location '{location}' points outside the model's folder")
         if not os.path.exists(path):
             raise self.error(f"tensor '{name}': external data file '{location}' does not exist")
@@ -256,8 +410,8 @@ class TensorReader:
             raise self.error(f"tensor '{name}': negative external data offset or length")
         if length is not None and length != nbytes:
             raise self.error(
-                f"tensor '{name}': external data length {length} does not match its type "
-                f"({list(tensor.dims)}, {nbytes} bytes)"
+                f"tensor '{name}' has {length} bytes of data in '{location}'; its type "
+                f"({list(tensor.dims)}, {tensor_dtype(tensor, name)}) needs {nbytes}"
             )
         if offset + nbytes > size:
             raise self.error(

@@ -17,7 +17,7 @@ from .registry import IMPLS
 
 
 def evaluate_op(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
-    """Run one op on concrete arrays; results are cast to the op's declared result types."""
+    """Run one op on concrete arrays; implementations return the dtypes ONNX specifies."""
     fn = IMPLS.get(op.name)
     if fn is None:
         raise UnsupportedError(f"{op.name} has no implementation in the reference interpreter", node=op.loc or None)

@@ -1,5 +1,8 @@
-"""Implementations of the nn dialect in numpy, one module per family; importing registers them."""
+"""Implementations of the nn dialect in numpy, one module per family; importing registers them.
 
-from . import elementwise, nn, reduce, shape  # noqa: F401
+``xbar`` holds the ideal (noise-free) semantics of the xbar dialect.
+"""
 
-__all__ = ["elementwise", "nn", "reduce", "shape"]
+from . import elementwise, nn, reduce, shape, xbar
+
+__all__ = ["elementwise", "nn", "reduce", "shape", "xbar"]

@@ -218,4 +218,3 @@ def cast(op: Op, args: Sequence[Array | None]) -> list[Array]:
         return [x.astype(np.float64).astype(target) if target.kind != "b" else x.astype(target)]
     with np.errstate(all="ignore"):
         return [np.asarray(x.astype(target))]
-

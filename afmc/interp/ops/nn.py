@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -75,7 +76,7 @@ def window(op: Op, in_sizes: Sequence[int], kernel: Sequence[int], ceil_mode: bo
     return Window(tuple(kernel), strides, dilations, tuple(begin), tuple(end), tuple(out))
 
 
-def _pad_for(x: Array, win: Window, fill: object) -> Array:
+def _pad_for(x: Array, win: Window, fill: Any) -> Array:
     """Pad the spatial dims so every window (including ceil-mode partial ones) lies inside."""
     widths = [(0, 0)] * (x.ndim - len(win.kernel))
     for i, size in enumerate(x.shape[x.ndim - len(win.kernel) :]):
@@ -104,7 +105,7 @@ def conv(op: Op, args: Sequence[Array | None]) -> list[Array]:
     bias = args[2] if len(args) > 2 else None
     work = compute_float(x.dtype)
     groups = int(op.attr("group", 1))
-    n, c = x.shape[:2]
+    n = x.shape[0]
     m, cg = w.shape[:2]
     kernel = tuple(w.shape[2:])
     win = window(op, x.shape[2:], kernel)
@@ -133,7 +134,9 @@ def conv(op: Op, args: Sequence[Array | None]) -> list[Array]:
     return [to_dtype(y, x.dtype)]
 
 
-def _transpose_pads(op: Op, in_sizes: Sequence[int], kernel: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+def _transpose_pads(
+    op: Op, in_sizes: Sequence[int], kernel: Sequence[int]
+) -> tuple[list[int], list[int], list[int]]:
     """ConvTranspose's (begin pads, output sizes, output_padding), per the ONNX formulas.
 
     ``output_shape`` (or SAME auto_pad, whose output is input * stride) fixes the output size and the
@@ -146,7 +149,9 @@ def _transpose_pads(op: Op, in_sizes: Sequence[int], kernel: Sequence[int]) -> t
     pads = attr_ints(op, "pads", (0,) * (2 * nd))
     output_shape = ints(op.attr("output_shape"))[-nd:] if ints(op.attr("output_shape")) else ()
     auto_pad = op.attr("auto_pad", "NOTSET") or "NOTSET"
-    full = [(in_sizes[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 + out_pad[i] for i in range(nd)]
+    full = [
+        (in_sizes[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 + out_pad[i] for i in range(nd)
+    ]
     if output_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         out = list(output_shape) if output_shape else [in_sizes[i] * strides[i] for i in range(nd)]
         begin = []
@@ -179,7 +184,9 @@ def conv_transpose(op: Op, args: Sequence[Array | None]) -> list[Array]:
     wt = w.astype(work, copy=False).reshape(groups, cg, mg * taps).transpose(0, 2, 1)
     cols = np.matmul(wt, x.astype(work, copy=False).reshape(n, groups, cg, -1))
     cols = cols.reshape(n, groups, mg, taps, *in_sizes)
-    full = [(in_sizes[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 + out_pad[i] for i in range(nd)]
+    full = [
+        (in_sizes[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 + out_pad[i] for i in range(nd)
+    ]
     acc = np.zeros((n, groups, mg, *full), dtype=work)
     for t, offset in enumerate(np.ndindex(*kernel)):
         region = tuple(
@@ -194,7 +201,7 @@ def conv_transpose(op: Op, args: Sequence[Array | None]) -> list[Array]:
         lo, hi = max(begin[i], 0), min(begin[i] + out[i], full[i])
         src.append(slice(lo, max(hi, lo)))
         dst.append(slice(lo - begin[i], lo - begin[i] + max(hi - lo, 0)))
-    y[(slice(None), slice(None), *dst)] = acc[(slice(None), slice(None), *src)]
+    y[(slice(None), slice(None)) + tuple(dst)] = acc[(slice(None), slice(None)) + tuple(src)]
     if bias is not None:
         y = y + np.asarray(bias, dtype=work).reshape(-1, *(1,) * nd)
     return [to_dtype(y, x.dtype)]
@@ -229,7 +236,9 @@ def gemm(op: Op, args: Sequence[Array | None]) -> list[Array]:
         y = y * np.asarray(alpha, dtype=work if work.kind == "f" else np.float64)
     if c is not None and beta != 0.0:
         term = np.asarray(c).astype(work, copy=False)
-        y = y + (term if beta == 1.0 else term * np.asarray(beta, dtype=work if work.kind == "f" else np.float64))
+        y = y + (
+            term if beta == 1.0 else term * np.asarray(beta, dtype=work if work.kind == "f" else np.float64)
+        )
     return [to_dtype(y, a.dtype)]
 
 
@@ -239,6 +248,7 @@ def batch_normalization(op: Op, args: Sequence[Array | None]) -> list[Array]:
     """Per-channel (axis 1) affine normalisation; training mode uses batch statistics and also
     returns the momentum-updated running mean and (population) variance."""
     x = np.asarray(args[0])
+    stats_dtype = np.asarray(args[3]).dtype
     scale, bias, mean, var = (np.asarray(a, dtype=np.float64) for a in args[1:5])
     eps = float(op.attr("epsilon", 1e-5))
     shape = (-1,) + (1,) * (x.ndim - 2)
@@ -250,9 +260,11 @@ def batch_normalization(op: Op, args: Sequence[Array | None]) -> list[Array]:
         momentum = float(op.attr("momentum", 0.9))
         extra = [mean * momentum + batch_mean * (1 - momentum), var * momentum + batch_var * (1 - momentum)]
         mean, var = batch_mean, batch_var
-    y = (x64 - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * scale.reshape(shape) + bias.reshape(shape)
-    outs = [to_dtype(y, x.dtype)] + extra
-    return [to_dtype(v, result_dtype(op, i)) for i, v in enumerate(outs[: len(op.results)])]
+    y = (x64 - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * scale.reshape(shape) + bias.reshape(
+        shape
+    )
+    outs = [to_dtype(y, x.dtype)] + [to_dtype(v, stats_dtype) for v in extra]
+    return outs[: len(op.results)]
 
 
 @impl("nn.layer_normalization")
@@ -287,8 +299,10 @@ def softmax(op: Op, args: Sequence[Array | None]) -> list[Array]:
 
 
 # -- pooling --------------------------------------------------------------------------------------
-def _lowest(dtype: np.dtype) -> object:
-    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+def _lowest(dtype: np.dtype) -> Any:
+    """MaxPool's start value: the lowest finite number, as onnxruntime (so a window of padding or
+    of -inf gives it, not -inf)."""
+    return np.finfo(dtype).min if dtype.kind == "f" else np.iinfo(dtype).min
 
 
 @impl("nn.max_pool")
@@ -351,9 +365,10 @@ def average_pool(op: Op, args: Sequence[Array | None]) -> list[Array]:
     acc = np.zeros((*x.shape[:2], *win.out), dtype=np.float64)
     for offset in np.ndindex(*kernel):
         acc += _tap(xp, win, offset)
-    counts = _counts(win, x.shape[2:], bool(op.attr("count_include_pad", 0)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return [to_dtype(acc / counts, x.dtype)]
+    counts = np.broadcast_to(_counts(win, x.shape[2:], bool(op.attr("count_include_pad", 0))), acc.shape)
+    # A ceil-mode window with dilation can miss the input entirely: onnxruntime gives 0 there.
+    mean = np.divide(acc, counts, out=np.zeros_like(acc), where=counts > 0)
+    return [to_dtype(mean, x.dtype)]
 
 
 @impl("nn.global_average_pool")
@@ -387,7 +402,8 @@ def pad(op: Op, args: Sequence[Array | None]) -> list[Array]:
     if mode == "constant":
         fill = np.asarray(value).reshape(-1)[0] if value is not None and np.asarray(value).size else 0
         return [np.pad(x, positive, mode="constant", constant_values=fill)]
-    return [np.pad(x, positive, mode=_PAD_MODES[mode])]
+    numpy_mode: Any = _PAD_MODES[mode]
+    return [np.pad(x, positive, mode=numpy_mode)]
 
 
 # -- resize ---------------------------------------------------------------------------------------
@@ -418,38 +434,49 @@ _NEAREST: dict[str, Callable[[Array], Array]] = {
 
 
 def _source_coords(
-    mode: str, out_len: int, in_len: int, scale: float, roi: tuple[float, float]
+    mode: str, out_len: int, in_len: int, scale: float, resized: float, roi: tuple[float, float]
 ) -> tuple[Array, Array | None]:
     """Input coordinate of every output index (ONNX coordinate_transformation_mode), and for
-    tf_crop_and_resize the mask of outputs that fall outside the input (extrapolated)."""
-    o = np.arange(out_len, dtype=np.float64)
+    tf_crop_and_resize the mask of outputs that fall outside the input (extrapolated).
+
+    ``resized`` is the spec's ``length_resized``: ``in_len * scale`` when scales are given, which
+    may be fractional (align_corners then divides by it minus one, as the ONNX reference and its
+    conformance tests do; onnxruntime uses the integer output length instead).
+
+    Computed in float32 like onnxruntime: scales are float32 tensors, and float64 arithmetic would
+    move coordinates such as 1.5 / 0.6 - 0.5 off an integer and change nearest-pixel picks.
+    """
+    f32 = np.float32
+    o = np.arange(out_len, dtype=np.float32)
+    s = f32(scale)
+    extrapolated = None
     if mode == "half_pixel":
-        return (o + 0.5) / scale - 0.5, None
-    if mode == "pytorch_half_pixel":
-        return ((o + 0.5) / scale - 0.5 if out_len > 1 else np.zeros_like(o)), None
-    if mode == "half_pixel_symmetric":
-        adjustment = out_len / (scale * in_len)
-        offset = in_len / 2 * (1 - adjustment)
-        return offset + (o + 0.5) / scale - 0.5, None
-    if mode == "align_corners":
-        return (o * (in_len - 1) / (out_len - 1) if out_len > 1 else np.zeros_like(o)), None
-    if mode == "asymmetric":
-        return o / scale, None
-    if mode == "tf_half_pixel_for_nn":
-        return (o + 0.5) / scale, None
-    if mode == "tf_crop_and_resize":
-        start, end = roi
-        if out_len > 1:
-            coords = start * (in_len - 1) + o * (end - start) * (in_len - 1) / (out_len - 1)
+        coords = (o + f32(0.5)) / s - f32(0.5)
+    elif mode == "pytorch_half_pixel":
+        coords = (o + f32(0.5)) / s - f32(0.5) if resized > 1 else np.zeros_like(o)
+    elif mode == "half_pixel_symmetric":
+        adjustment = f32(out_len) / (s * f32(in_len))
+        offset = f32(in_len / 2) * (f32(1) - adjustment)
+        coords = offset + (o + f32(0.5)) / s - f32(0.5)
+    elif mode == "align_corners":
+        coords = o * f32(in_len - 1) / f32(resized - 1) if resized != 1 else np.zeros_like(o)
+    elif mode == "asymmetric":
+        coords = o / s
+    elif mode == "tf_half_pixel_for_nn":
+        coords = (o + f32(0.5)) / s
+    elif mode == "tf_crop_and_resize":
+        start, end = f32(roi[0]), f32(roi[1])
+        if resized != 1:
+            coords = start * f32(in_len - 1) + o * (end - start) * f32(in_len - 1) / f32(resized - 1)
         else:
-            coords = np.full_like(o, 0.5 * (start + end) * (in_len - 1))
-        return coords, (coords < 0) | (coords > in_len - 1)
-    raise ValueError(f"coordinate_transformation_mode {mode!r}")
+            coords = np.full_like(o, f32(0.5) * (start + end) * f32(in_len - 1))
+        extrapolated = (coords < 0) | (coords > in_len - 1)
+    else:
+        raise ValueError(f"coordinate_transformation_mode {mode!r}")
+    return coords.astype(np.float64), extrapolated
 
 
-def _taps(
-    op: Op, coords: Array, in_len: int, scale: float
-) -> tuple[Array, Array]:
+def _taps(op: Op, coords: Array, in_len: int, scale: float) -> tuple[Array, Array]:
     """(indices, weights), each (out, taps): the interpolation filter sampled around each coordinate.
 
     Taps are the ``n`` pixels nearest each coordinate; out-of-range taps are clamped to the edge
@@ -472,15 +499,28 @@ def _taps(
     return np.clip(idx, 0, in_len - 1), weights
 
 
-def _resize_plan(op: Op, x: Array, args: Sequence[Array | None]) -> tuple[list[int], list[float], list[int], list[tuple[float, float]]]:
-    """(axes, scale per axis, output length per axis, roi per axis) from the scales/sizes/roi operands."""
-    roi_arg, scales_arg = args[1], args[2]
+@dataclass(frozen=True)
+class _AxisPlan:
+    """How one axis is resized: its output length, scale, ``length_resized`` and roi."""
+
+    axis: int
+    out_len: int
+    scale: float
+    resized: float
+    roi: tuple[float, float]
+
+
+def _resize_plan(op: Op, x: Array, args: Sequence[Array | None]) -> list[_AxisPlan]:
+    """One plan per resized axis from the scales/sizes/roi operands and the ``axes`` attribute."""
+    roi_arg = args[1] if len(args) > 1 else None
+    scales_arg = args[2] if len(args) > 2 else None
     sizes_arg = args[3] if len(args) > 3 else None
     axes = [norm_axis(a, x.ndim) for a in ints(op.attr("axes"))] or list(range(x.ndim))
     in_sizes = [x.shape[a] for a in axes]
     if scales_arg is not None and np.asarray(scales_arg).size:
-        scales = [float(s) for s in np.asarray(scales_arg, dtype=np.float64).reshape(-1)]
-        out = [math.floor(size * s) for size, s in zip(in_sizes, scales)]
+        scales = [float(v) for v in np.asarray(scales_arg, dtype=np.float64).reshape(-1)]
+        resized = [size * s for size, s in zip(in_sizes, scales)]
+        out = [math.floor(r) for r in resized]
     else:
         out = list(ints(sizes_arg))
         scales = [o / size for o, size in zip(out, in_sizes)]
@@ -489,6 +529,7 @@ def _resize_plan(op: Op, x: Array, args: Sequence[Array | None]) -> tuple[list[i
             common = min(scales) if policy == "not_larger" else max(scales)
             scales = [common] * len(axes)
             out = [int(common * size + 0.5) for size in in_sizes]
+        resized = [float(o) for o in out]
     declared = op.results[0].type.shape
     if len(declared) == x.ndim and all(d >= 0 for d in declared):
         out = [declared[a] for a in axes]
@@ -498,7 +539,7 @@ def _resize_plan(op: Op, x: Array, args: Sequence[Array | None]) -> tuple[list[i
         half = len(roi) // 2
         picks = axes if half == x.ndim and half != len(axes) else range(len(axes))
         rois = [(roi[p], roi[p + half]) for p in picks]
-    return axes, scales, out, rois
+    return [_AxisPlan(*fields) for fields in zip(axes, out, scales, resized, rois)]
 
 
 @impl("nn.resize")
@@ -512,14 +553,14 @@ def resize(op: Op, args: Sequence[Array | None]) -> list[Array]:
     nearest = _NEAREST.get(op.attr("nearest_mode", "round_prefer_floor"))
     if mode == "nearest" and nearest is None:
         raise unsupported(op, f"nearest_mode {op.attr('nearest_mode')!r}")
-    axes, scales, out_lens, rois = _resize_plan(op, x, args)
     y = x if mode == "nearest" else x.astype(np.float64)
     outside = np.zeros((1,) * x.ndim, dtype=bool)
-    for axis, scale, out_len, roi in zip(axes, scales, out_lens, rois):
+    for plan in _resize_plan(op, x, args):
+        axis, out_len, scale = plan.axis, plan.out_len, plan.scale
         in_len = x.shape[axis]
         if out_len == in_len and scale == 1.0 and coord_mode != "tf_crop_and_resize":
             continue
-        coords, extrapolated = _source_coords(coord_mode, out_len, in_len, scale, roi)
+        coords, extrapolated = _source_coords(coord_mode, out_len, in_len, scale, plan.resized, plan.roi)
         if extrapolated is not None:
             shape = [1] * x.ndim
             shape[axis] = out_len

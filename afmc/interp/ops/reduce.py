@@ -7,6 +7,7 @@ value as onnxruntime's float32 accumulation. Empty reductions give ONNX's identi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def _mean(x: Array, axes: tuple[int, ...], keepdims: bool) -> Array:
         return np.mean(x, axis=axes, keepdims=keepdims, dtype=_accumulator(x.dtype))
 
 
-def _lowest(dtype: np.dtype) -> object:
+def _lowest(dtype: np.dtype) -> Any:
     if dtype.kind == "f":
         return -np.inf
     if dtype.kind == "b":

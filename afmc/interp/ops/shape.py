@@ -10,7 +10,7 @@ import numpy as np
 
 from ...ir.core import Op
 from ..registry import impl
-from .common import ints, norm_axis, result_dtype
+from .common import compute_float, ints, norm_axis
 
 Array = np.ndarray
 
@@ -88,9 +88,21 @@ def split(op: Op, args: Sequence[Array | None]) -> list[Array]:
     return [np.asarray(part) for part in np.split(x, bounds, axis=axis)]
 
 
+def _clamped(start: int, end: int, step: int, dim: int) -> slice:
+    """ONNX's clamping: negatives count from the end, then starts go to [0, dim] (step > 0) or
+    [0, dim - 1] (step < 0) and ends to [0, dim] or [-1, dim - 1]. Python slices differ for a
+    negative step with a start below 0 (Python: empty, ONNX: from index 0)."""
+    start += dim if start < 0 else 0
+    end += dim if end < 0 else 0
+    if step > 0:
+        return slice(min(max(start, 0), dim), min(max(end, 0), dim), step)
+    start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+    return slice(start, None if end < 0 else end, step) if dim else slice(0, 0)
+
+
 @impl("nn.slice")
 def slice_(op: Op, args: Sequence[Array | None]) -> list[Array]:
-    """Python slices clamp exactly as ONNX does (negative and out-of-range starts/ends, negative steps)."""
+    """Starts/ends are clamped per axis as ONNX specifies; steps may be negative."""
     x = np.asarray(args[0])
     starts, ends = ints(args[1]), ints(args[2])
     axes_arg = args[3] if len(args) > 3 else None
@@ -99,7 +111,8 @@ def slice_(op: Op, args: Sequence[Array | None]) -> list[Array]:
     steps = ints(steps_arg) if steps_arg is not None else (1,) * len(starts)
     index: list[slice] = [slice(None)] * x.ndim
     for start, end, axis, step in zip(starts, ends, axes, steps):
-        index[norm_axis(axis, x.ndim)] = slice(start, end, step)
+        dim = norm_axis(axis, x.ndim)
+        index[dim] = _clamped(start, end, step, x.shape[dim])
     return [x[tuple(index)]]
 
 
@@ -130,11 +143,10 @@ def shape(op: Op, args: Sequence[Array | None]) -> list[Array]:
 
 @impl("nn.constant_of_shape")
 def constant_of_shape(op: Op, args: Sequence[Array | None]) -> list[Array]:
-    """Filled with the one-element ``value`` attribute (float32 zero when absent)."""
+    """Filled with the one-element ``value`` attribute, in its type (float32 zero when absent)."""
     value = op.attr("value")
     fill = np.zeros(1, np.float32) if value is None else np.asarray(value)
-    dtype = result_dtype(op)
-    return [np.full(ints(args[0]), fill.reshape(-1)[0], dtype=dtype)]
+    return [np.full(ints(args[0]), fill.reshape(-1)[0], dtype=fill.dtype)]
 
 
 @impl("nn.range")
@@ -147,4 +159,6 @@ def range_(op: Op, args: Sequence[Array | None]) -> list[Array]:
         values = int(start) + int(delta) * np.arange(count, dtype=np.int64)
         return [values.astype(dtype)]
     count = max(math.ceil((float(limit) - float(start)) / float(delta)), 0)
-    return [(start + np.arange(count, dtype=dtype) * delta).astype(dtype)]
+    work = compute_float(dtype)  # float16 counts past 2048 are not exact in float16
+    values = start.astype(work) + np.arange(count, dtype=work) * delta.astype(work)
+    return [values.astype(dtype)]

@@ -1,0 +1,128 @@
+"""Ideal (noise-free, exact) reference semantics of the ``xbar`` dialect.
+
+These define what a tiled layer computes: the analog simulator replaces ``xbar.mvm`` with device
+and converter models and must agree with this when every non-ideality is off. Arithmetic is in
+float64, results are float32 (the xbar result types) except ``xbar.assemble``, which returns the
+nn op's own result type.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ...ir.core import Op
+from ...ir.xbar import signed_levels
+from ..registry import impl
+from .common import result_dtype
+
+Unfolder = Callable[[Op, np.ndarray], np.ndarray]
+UNFOLDERS: dict[str, Unfolder] = {}
+Layout = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
+LAYOUTS: dict[str, Layout] = {}
+
+
+def _register(table: dict[str, Callable], *kinds: str) -> Callable[[Callable], Callable]:  # type: ignore[type-arg]
+    def register(fn: Callable) -> Callable:  # type: ignore[type-arg]
+        for kind in kinds:
+            table[kind] = fn
+        return fn
+
+    return register
+
+
+def _spatial(parts: Iterable[slice]) -> tuple[slice, ...]:
+    """An index that keeps batch and channels whole and applies ``parts`` to the axes after them."""
+    return (slice(None), slice(None), *parts)
+
+
+@_register(UNFOLDERS, "conv", "conv_transpose")
+def _im2col(op: Op, x: np.ndarray) -> np.ndarray:
+    """Zero-stuff by ``input_dilations``, pad (negative = crop), then gather every kernel window."""
+    kernel, strides = tuple(op.attr("kernel")), tuple(op.attr("strides"))
+    dilations, stuffing, pads = tuple(op.attr("dilations")), tuple(op.attr("input_dilations")), op.attr("pads")
+    n, groups = len(kernel), int(op.attr("groups"))
+    batch, channels = x.shape[:2]
+    if any(d > 1 for d in stuffing):
+        stuffed = np.zeros((batch, channels, *((s - 1) * d + 1 for s, d in zip(x.shape[2:], stuffing))), x.dtype)
+        stuffed[_spatial(slice(None, None, d) for d in stuffing)] = x
+        x = stuffed
+    begin, end = pads[:n], pads[n:]
+    x = np.pad(x, [(0, 0), (0, 0)] + [(max(b, 0), max(e, 0)) for b, e in zip(begin, end)])
+    x = x[_spatial(slice(max(-b, 0), x.shape[2 + i] - max(-e, 0)) for i, (b, e) in enumerate(zip(begin, end)))]
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    windows = sliding_window_view(x, spans, axis=tuple(range(2, 2 + n)))
+    steps = [slice(None, None, s) for s in strides] + [slice(None, None, d) for d in dilations]
+    windows = windows[_spatial(steps)]
+    out = windows.shape[2:2 + n]
+    windows = windows.reshape(batch, groups, channels // groups, *out, *kernel)
+    order = (1, 0, *range(3, 3 + n), 2, *range(3 + n, 3 + 2 * n))
+    return windows.transpose(order).reshape(groups, batch * math.prod(out), (channels // groups) * math.prod(kernel))
+
+
+@_register(UNFOLDERS, "gemm")
+def _gemm_rows(op: Op, x: np.ndarray) -> np.ndarray:
+    return (x.T if op.attr("trans_a") else x)[None]
+
+
+@_register(UNFOLDERS, "matmul")
+def _matmul_rows(op: Op, x: np.ndarray) -> np.ndarray:
+    return x.reshape(1, -1, x.shape[-1])
+
+
+@_register(LAYOUTS, "conv", "conv_transpose")
+def _channels_first(y: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(batch·spatial, C) rows back to (batch, C, *spatial)."""
+    return np.moveaxis(y.reshape(shape[0], *shape[2:], shape[1]), -1, 1)
+
+
+@_register(LAYOUTS, "gemm", "matmul")
+def _rows(y: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return y.reshape(shape)
+
+
+@impl("xbar.unfold")
+def unfold(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+    x = np.asarray(args[0], np.float64)
+    rows = UNFOLDERS[op.attr("kind")](op, x)
+    if rows.shape != op.result.type.shape:
+        raise ValueError(f"{op.name} at {op.loc!r}: unfolded to {rows.shape}, declared {op.result.type}")
+    return [rows.astype(np.float32)]
+
+
+@impl("xbar.mvm")
+def mvm(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+    """The ideal array read: inputs times the signed cell levels, in the level domain."""
+    source, levels = args
+    assert source is not None and levels is not None
+    r0, r1 = op.attr("rows")
+    inputs = np.asarray(source[op.attr("group"), :, r0:r1], np.float64)
+    weights = signed_levels(levels, op.attr("encoding")).astype(np.float64)
+    return [(inputs @ weights).astype(np.float32)]
+
+
+@impl("xbar.accumulate")
+def accumulate(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+    """Σ scales[i] · part[i], then per-column weight scales if the layer has them."""
+    total = np.zeros(op.result.type.shape, np.float64)
+    for scale, part in zip(op.attr("scales"), args):
+        total += scale * np.asarray(part, np.float64)
+    column_scales = op.attr("column_scales")
+    if column_scales is not None:
+        total *= np.asarray(column_scales, np.float64)
+    return [total.astype(np.float32)]
+
+
+@impl("xbar.assemble")
+def assemble(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+    """Column blocks side by side within a group, groups side by side, plus bias, in the nn layout."""
+    blocks = int(op.attr("groups")) * int(op.attr("col_splits"))
+    y = np.concatenate([np.asarray(a, np.float64) for a in args[:blocks]], axis=1)
+    bias = args[blocks] if len(args) > blocks else None
+    if bias is not None:
+        y = y + float(op.attr("bias_scale")) * np.asarray(bias, np.float64)
+    shape = op.result.type.shape
+    return [LAYOUTS[op.attr("kind")](y, shape).astype(result_dtype(op))]

@@ -1,0 +1,591 @@
+"""The ONNX frontend against real onnx and onnxruntime: lowering, folding, shapes, files, errors.
+
+Numeric tolerance against onnxruntime: float32, rtol 1e-5 / atol 1e-5 (same kernels up to
+summation order).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from afmc.errors import AfmcError, FrontendError, UnsupportedError
+from afmc.frontend import import_model, import_onnx, loader
+from afmc.interp import run_module
+from afmc.ir import parse_module, print_module, verify
+from afmc.ir.nn import OPSET
+
+ROOT = Path(__file__).resolve().parent.parent
+RTOL = ATOL = 1e-5
+F = TensorProto.FLOAT
+I64 = TensorProto.INT64
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=OPSET, name="g", value_info=()):
+    graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers), value_info=list(value_info))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset < 21 else 10
+    return model
+
+
+def vinfo(name, elem, shape):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def init(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def ort_run(model_or_path, feeds):
+    source = model_or_path if isinstance(model_or_path, (str, Path)) else model_or_path.SerializeToString()
+    session = ort.InferenceSession(str(source) if isinstance(source, Path) else source,
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds)))
+
+
+def check_numerics(module, model, feeds):
+    verify(module)
+    text = print_module(module)
+    assert print_module(parse_module(text)) == text
+    ours = run_module(module, feeds)
+    theirs = ort_run(model, feeds)
+    assert list(ours) == list(theirs)
+    for name in theirs:
+        assert ours[name].dtype == theirs[name].dtype, name
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+def op_names(module):
+    return Counter(op.name for op in module.ops)
+
+
+def save(model, path):
+    Path(path).write_bytes(model.SerializeToString())
+    return str(path)
+
+
+def rng_array(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@pytest.fixture(params=["parsed", "carved"])
+def carve(request, monkeypatch):
+    """Run a test both ways a file is read: parsed whole (small files) and with its embedded
+    weights carved out and memory-mapped (files of CARVE_MIN_FILE_BYTES and more)."""
+    if request.param == "carved":
+        monkeypatch.setattr(loader, "CARVE_MIN_FILE_BYTES", 0)
+    return request.param
+
+
+# -- samples -----------------------------------------------------------------------------------
+
+SAMPLES = sorted((ROOT / "samples").glob("*.onnx"))
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[p.stem for p in SAMPLES])
+def test_samples_match_onnxruntime(path, carve):
+    data = np.load(path.with_name(path.stem + "_test.npz"))
+    x = data["input"][:5]
+    module = import_onnx(path, {"input": x.shape})
+    check_numerics(module, onnx.load(str(path)), {"input": x})
+    leftover = {"nn.shape", "nn.gather", "nn.concat", "nn.unsqueeze", "nn.constant_of_shape"} & set(op_names(module))
+    assert not leftover, f"shape arithmetic was not folded: {leftover}"
+
+
+# -- lowering and folding ----------------------------------------------------------------------
+
+
+def torch_style_reshape_model():
+    """x[N,3,4] -> Shape -> Gather(0) -> Unsqueeze -> Concat([b, -1]) -> Reshape -> MatMul W."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0, np.int64)), name="c0"),
+        helper.make_node("Gather", ["s", "zero"], ["b"], axis=0, name="gather"),
+        helper.make_node("Constant", [], ["ax"], value_ints=[0], name="c_ax"),
+        helper.make_node("Unsqueeze", ["b", "ax"], ["b1"], name="unsq"),
+        helper.make_node("Constant", [], ["minus1"], value_ints=[-1], name="c_m1"),
+        helper.make_node("Concat", ["b1", "minus1"], ["new_shape"], axis=0, name="concat"),
+        helper.make_node("Reshape", ["x", "new_shape"], ["flat"], name="reshape"),
+        helper.make_node("MatMul", ["flat", "W"], ["y"], name="matmul"),
+    ]
+    return make_model(
+        nodes, [vinfo("x", F, ["N", 3, 4])], [vinfo("y", F, ["N", 5])], [init("W", rng_array(12, 5))]
+    )
+
+
+def test_torch_shape_subgraph_folds_away():
+    model = torch_style_reshape_model()
+    module = import_model(model, {"x": (2, 3, 4)})
+    assert op_names(module) == Counter({"nn.constant": 2, "nn.reshape": 1, "nn.matmul": 1})
+    reshape = next(op for op in module.ops if op.name == "nn.reshape")
+    assert module.constant_of(reshape.operands[1]).tolist() == [2, -1]
+    assert reshape.result.name == "flat" and reshape.loc == "reshape"
+    check_numerics(module, model, {"x": rng_array(2, 3, 4)})
+
+
+def test_constant_node_weights_are_like_initializers():
+    w, b = rng_array(4, 3), rng_array(3, seed=1)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"), helper.make_node("Add", ["h", "B"], ["y"], name="add")]
+    with_inits = make_model(nodes, [vinfo("x", F, [2, 4])], [vinfo("y", F, [2, 3])], [init("W", w), init("B", b)])
+    as_nodes = make_model(
+        [helper.make_node("Constant", [], ["W"], value=init("W", w), name="W"),
+         helper.make_node("Constant", [], ["B"], value=init("B", b), name="B")] + nodes,
+        [vinfo("x", F, [2, 4])], [vinfo("y", F, [2, 3])],
+    )
+    a, c = import_model(with_inits), import_model(as_nodes)
+    # Same pool, same ops; only the position of the constant ops (placed at first use) may differ.
+    assert sorted(print_module(a, constants=True).splitlines()) == sorted(print_module(c, constants=True).splitlines())
+    assert sorted(a.constants) == ["B", "W"]
+    check_numerics(c, as_nodes, {"x": rng_array(2, 4)})
+
+
+def test_constant_value_forms():
+    forms = {
+        "f": dict(value_float=1.5), "fs": dict(value_floats=[1.0, 2.0]), "i": dict(value_int=3),
+        "is": dict(value_ints=[4, 5]), "t": dict(value=init("t", np.arange(6, dtype=np.int32).reshape(2, 3))),
+    }
+    nodes = [helper.make_node("Constant", [], [k], name=f"c_{k}", **v) for k, v in forms.items()]
+    outputs = [vinfo("f", F, []), vinfo("fs", F, [2]), vinfo("i", I64, []), vinfo("is", I64, [2]),
+               vinfo("t", TensorProto.INT32, [2, 3])]
+    model = make_model(nodes, [], outputs)
+    module = import_model(model)
+    out = run_module(module, {})
+    assert out["f"].dtype == np.float32 and out["f"].shape == () and out["f"] == 1.5
+    assert out["is"].dtype == np.int64 and out["is"].tolist() == [4, 5]
+    assert out["t"].dtype == np.int32 and out["t"].shape == (2, 3)
+    check_numerics(module, model, {})
+
+
+def test_attributes_defaults_and_dtypes():
+    nodes = [
+        helper.make_node("LeakyRelu", ["x"], ["a"], name="leaky"),
+        helper.make_node("Cast", ["a"], ["b"], to=TensorProto.FLOAT16, name="cast"),
+        helper.make_node("Softmax", ["x"], ["c"], name="softmax"),
+    ]
+    model = make_model(nodes, [vinfo("x", F, [2, 3])], [vinfo("b", TensorProto.FLOAT16, [2, 3]), vinfo("c", F, [2, 3])])
+    module = import_model(model)
+    ops = {op.loc: op for op in module.ops}
+    assert ops["leaky"].attr("alpha") == float(np.float32(0.01)) and isinstance(ops["leaky"].attr("alpha"), float)
+    assert ops["cast"].attr("to") == "f16" and ops["cast"].attr("saturate") == 1
+    assert ops["softmax"].attr("axis") == -1
+    assert ops["cast"].result.type.dtype == "f16"
+    check_numerics(module, model, {"x": rng_array(2, 3)})
+
+
+def test_unnamed_nodes_get_optype_index_locations_and_exact_value_names():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["weird name/0"])]
+    module = import_model(make_model(nodes, [vinfo("x", F, [2])], [vinfo("weird name/0", F, [2])]))
+    assert [op.loc for op in module.ops] == ["Relu_0", "Neg_1"]
+    assert module.outputs[0].name == "weird name/0"
+    text = print_module(module)
+    assert print_module(parse_module(text)) == text
+
+
+def test_outputs_that_are_inputs_or_initializers():
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        [vinfo("x", F, [3])], [vinfo("y", F, [3]), vinfo("x", F, [3]), vinfo("W", F, [2])], [init("W", rng_array(2))],
+    )
+    module = import_model(model)
+    verify(module)
+    assert [v.name for v in module.outputs] == ["y", "x", "W"]
+    check_numerics(module, model, {"x": rng_array(3)})
+
+
+def test_dropout_is_identity_and_dead_nodes_go():
+    nodes = [
+        helper.make_node("Dropout", ["x"], ["d", "mask"], name="drop"),
+        helper.make_node("Exp", ["x"], ["unused"], name="dead"),
+    ]
+    model = make_model(nodes, [vinfo("x", F, [2, 2])], [vinfo("d", F, [2, 2]), vinfo("mask", TensorProto.BOOL, [2, 2])])
+    module = import_model(model)
+    assert "nn.exp" not in op_names(module) and op_names(module)["nn.identity"] == 1
+    check_numerics(module, model, {"x": rng_array(2, 2)})
+
+
+def test_folding_of_constant_subgraph_with_range_and_constant_of_shape():
+    nodes = [
+        helper.make_node("Constant", [], ["n"], value=init("n", np.array(4, np.int64))),
+        helper.make_node("Constant", [], ["zero"], value=init("zero", np.array(0, np.int64))),
+        helper.make_node("Constant", [], ["one"], value=init("one", np.array(1, np.int64))),
+        helper.make_node("Range", ["zero", "n", "one"], ["r"]),
+        helper.make_node("Cast", ["r"], ["rf"], to=F),
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("ConstantOfShape", ["xs"], ["ones"], value=init("v", np.array([1.0], np.float32))),
+        helper.make_node("Mul", ["ones", "rf"], ["scale"]),
+        helper.make_node("Mul", ["x", "scale"], ["y"]),
+    ]
+    model = make_model(nodes, [vinfo("x", F, ["B", 4])], [vinfo("y", F, ["B", 4])])
+    module = import_model(model, {"x": [3, 4]})
+    assert op_names(module) == Counter({"nn.constant": 1, "nn.mul": 1})
+    check_numerics(module, model, {"x": rng_array(3, 4)})
+
+
+def test_large_constant_results_stay_ops():
+    model = make_model(
+        [helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "Wt"], ["y"])],
+        [vinfo("x", F, [1, 64])], [vinfo("y", F, [1, 32])], [init("W", rng_array(32, 64))],
+    )
+    module = import_model(model, fold_max_bytes=1024)
+    assert op_names(module)["nn.transpose"] == 1
+    assert op_names(import_model(model))["nn.transpose"] == 0
+    check_numerics(module, model, {"x": rng_array(1, 64)})
+
+
+# -- input shapes ------------------------------------------------------------------------------
+
+
+def dynamic_model():
+    return make_model(
+        [helper.make_node("Gemm", ["input", "W"], ["out"], transB=1, name="fc")],
+        [vinfo("input", F, ["batch", 64])], [vinfo("out", F, ["batch", 10])], [init("W", rng_array(10, 64))],
+    )
+
+
+def test_dynamic_batch_needs_input_shape(tmp_path):
+    path = save(dynamic_model(), tmp_path / "dyn.onnx")
+    with pytest.raises(FrontendError) as info:
+        import_onnx(path)
+    message = info.value.render()
+    assert "input 'input' has dynamic dimensions ['batch', 64]" in message
+    assert "--input-shape input=1x64" in message and path in message
+    module = import_onnx(path, {"input": (8, 64)})
+    assert module.inputs[0].type.shape == (8, 64)
+    check_numerics(module, dynamic_model(), {"input": rng_array(8, 64)})
+
+
+@pytest.mark.parametrize(
+    "shapes, expected",
+    [
+        ({"nope": (1, 64)}, "unknown input 'nope'; the model's inputs are 'input'"),
+        ({"W": (10, 64)}, "unknown input 'W'"),
+        ({"input": (0, 64)}, "dimensions must be positive"),
+        ({"input": (-1, 64)}, "dimensions must be positive"),
+        ({"input": (1, 64, 1)}, "has rank 3"),
+        ({"input": (1, 32)}, "contradicts the model's static dimensions ['batch', 64]"),
+        ({"input": ("a", 64)}, "must be a sequence of integers"),
+    ],
+)
+def test_bad_input_shapes(shapes, expected):
+    with pytest.raises(FrontendError, match=None) as info:
+        import_model(dynamic_model(), shapes)
+    assert expected in info.value.render()
+
+
+def test_every_missing_input_shape_is_listed_at_once():
+    model = make_model(
+        [helper.make_node("Add", ["a", "b"], ["c"])],
+        [vinfo("a", F, ["n", 2]), vinfo("b", F, ["n", None])], [vinfo("c", F, ["n", 2])],
+    )
+    with pytest.raises(FrontendError) as info:
+        import_model(model)
+    message = info.value.render()
+    assert "input 'a' has dynamic dimensions ['n', 2]" in message and "input 'b' has dynamic dimensions ['n', '?']" in message
+
+
+# -- opsets ------------------------------------------------------------------------------------
+
+
+def test_opset_11_model_is_upgraded():
+    nodes = [
+        helper.make_node("Unsqueeze", ["x"], ["u"], axes=[0], name="unsq"),
+        helper.make_node("ReduceMean", ["u"], ["m"], axes=[2], keepdims=1, name="mean"),
+        helper.make_node("Split", ["x"], ["s0", "s1"], axis=1, split=[1, 3], name="split"),
+        helper.make_node("Squeeze", ["m"], ["y"], axes=[0], name="sq"),
+    ]
+    model = make_model(nodes, [vinfo("x", F, [2, 4])], [vinfo("y", F, [2, 1]), vinfo("s1", F, [2, 3])], opset=11)
+    module = import_model(model)
+    assert module.constant_of(next(op for op in module.ops if op.name == "nn.unsqueeze").operands[1]).tolist() == [0]
+    check_numerics(module, model, {"x": rng_array(2, 4)})
+
+
+def test_newer_opset_with_unchanged_ops_imports():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [vinfo("x", F, [2])], [vinfo("y", F, [2])], opset=23)
+    module = import_model(model)
+    assert op_names(module) == Counter({"nn.relu": 1})
+
+
+# -- unsupported ops and subgraphs -------------------------------------------------------------
+
+
+def test_all_unsupported_ops_in_one_error():
+    nodes = [
+        helper.make_node("TopK", ["x", "k"], ["v", "i"], name="topk_3"),
+        helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["sel"], name="nms_1"),
+        helper.make_node("TopK", ["x", "k"], ["v2", "i2"], name="topk_4"),
+        helper.make_node("Relu", ["x"], ["r"]),
+    ]
+    model = make_model(
+        nodes,
+        [vinfo("x", F, [5]), vinfo("boxes", F, [1, 4, 4]), vinfo("scores", F, [1, 1, 4])],
+        [vinfo("v", F, [2]), vinfo("sel", I64, [None, 3]), vinfo("r", F, [5])],
+        [init("k", np.array([2], np.int64))],
+    )
+    with pytest.raises(UnsupportedError) as info:
+        import_model(model)
+    assert info.value.render() == (
+        "unsupported ops: TopK (node 'topk_3' and 1 more), NonMaxSuppression (node 'nms_1')"
+    )
+
+
+def test_custom_domain_op_is_unsupported(tmp_path):
+    node = helper.make_node("FusedThing", ["x"], ["y"], domain="com.example", name="fused")
+    model = make_model([node], [vinfo("x", F, [2])], [vinfo("y", F, [2])])
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(UnsupportedError, match=r"com\.example\.FusedThing \(node 'fused'\)"):
+        import_onnx(save(model, tmp_path / "m.onnx"))
+
+
+def if_model(cond_from_input: bool):
+    then_graph = helper.make_graph([helper.make_node("Relu", ["x"], ["t"], name="then_relu")], "then", [], [vinfo("t", F, [3])])
+    else_graph = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["e"], name="else_neg")], "else", [], [vinfo("e", F, [3])]
+    )
+    nodes = [] if cond_from_input else [helper.make_node("Constant", [], ["c"], value=init("c", np.array(False)))]
+    nodes.append(helper.make_node("If", ["c"], ["y"], then_branch=then_graph, else_branch=else_graph, name="branch"))
+    inputs = [vinfo("x", F, [3])] + ([vinfo("c", TensorProto.BOOL, [])] if cond_from_input else [])
+    return make_model(nodes, inputs, [vinfo("y", F, [3])])
+
+
+def test_if_with_runtime_condition_is_a_clear_error():
+    with pytest.raises(UnsupportedError) as info:
+        import_model(if_model(cond_from_input=True))
+    assert info.value.node == "branch" and "data-dependent control flow" in info.value.render()
+
+
+def test_if_with_constant_condition_is_inlined():
+    model = if_model(cond_from_input=False)
+    module = import_model(model)
+    assert op_names(module) == Counter({"nn.neg": 1, "nn.identity": 1})
+    check_numerics(module, model, {"x": rng_array(3)})
+
+
+def test_loop_is_unsupported_naming_the_node():
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body", [vinfo("i", I64, []), vinfo("cond_in", TensorProto.BOOL, []), vinfo("v_in", F, [2])],
+        [vinfo("cond_out", TensorProto.BOOL, []), vinfo("v_out", F, [2])],
+    )
+    node = helper.make_node("Loop", ["n", "", "x"], ["y"], body=body, name="loop_1")
+    model = make_model([node], [vinfo("x", F, [2])], [vinfo("y", F, [2])], [init("n", np.array(3, np.int64))])
+    with pytest.raises(UnsupportedError, match=r"Loop \(node 'loop_1'; has a subgraph, not supported\)"):
+        import_model(model)
+
+
+# -- files and external data -------------------------------------------------------------------
+
+
+def mlp_with_weights(hidden=32):
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
+        helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+        helper.make_node("MatMul", ["hr", "W2"], ["y"], name="mm2"),
+    ]
+    inits = [init("W1", rng_array(16, hidden, seed=1)), init("W2", rng_array(hidden, 8, seed=2))]
+    return make_model(nodes, [vinfo("x", F, [2, 16])], [vinfo("y", F, [2, 8])], inits)
+
+
+def save_external(model, folder, location="weights.bin"):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=location, size_threshold=0)
+    return path
+
+
+def test_external_data_is_memory_mapped(tmp_path):
+    path = save_external(mlp_with_weights(), tmp_path / "m")
+    module = import_onnx(path)
+    w1 = module.constants["W1"].data
+    assert not w1.flags.writeable and not w1.flags.owndata
+    check_numerics(module, onnx.load(str(path)), {"x": rng_array(2, 16)})
+
+
+def rewrite_location(path, tensor, location, out):
+    skeleton = onnx.load(str(path), load_external_data=False)
+    for t in skeleton.graph.initializer:
+        if t.name == tensor:
+            for entry in t.external_data:
+                if entry.key == "location":
+                    entry.value = location
+    return save(skeleton, out)
+
+
+@pytest.mark.parametrize(
+    "location, expected",
+    [
+        ("../evil.bin", "tensor 'W1': external data location '../evil.bin' points outside the model's folder"),
+        ("sub/../../evil.bin", "points outside the model's folder"),
+        ("/etc/passwd", "tensor 'W1': external data location '/etc/passwd' is an absolute path"),
+        ("missing.bin", "tensor 'W1': external data file 'missing.bin' does not exist"),
+    ],
+)
+def test_hostile_or_missing_external_locations(tmp_path, location, expected):
+    path = save_external(mlp_with_weights(), tmp_path / "m")
+    (tmp_path / "evil.bin").write_bytes(b"\0" * 4096)
+    bad = rewrite_location(path, "W1", location, tmp_path / "m" / "bad.onnx")
+    with pytest.raises(FrontendError) as info:
+        import_onnx(bad)
+    assert expected in info.value.render() and bad in info.value.render()
+
+
+def test_symlink_escaping_the_folder_is_refused(tmp_path):
+    path = save_external(mlp_with_weights(), tmp_path / "m")
+    (tmp_path / "outside.bin").write_bytes((tmp_path / "m" / "weights.bin").read_bytes())
+    os.symlink(tmp_path / "outside.bin", tmp_path / "m" / "link.bin")
+    bad = rewrite_location(path, "W1", "link.bin", tmp_path / "m" / "bad.onnx")
+    with pytest.raises(FrontendError, match="points outside the model's folder"):
+        import_onnx(bad)
+
+
+def test_truncated_external_data(tmp_path):
+    path = save_external(mlp_with_weights(), tmp_path / "m")
+    weights = tmp_path / "m" / "weights.bin"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(FrontendError, match="which has only 100 bytes"):
+        import_onnx(path)
+
+
+def test_import_model_with_external_data_needs_base_dir(tmp_path):
+    path = save_external(mlp_with_weights(), tmp_path / "m")
+    skeleton = onnx.load(str(path), load_external_data=False)
+    with pytest.raises(FrontendError, match="give the model's folder"):
+        import_model(skeleton)
+    module = import_model(skeleton, base_dir=str(tmp_path / "m"))
+    check_numerics(module, onnx.load(str(path)), {"x": rng_array(2, 16)})
+
+
+def test_tensor_size_limit(tmp_path):
+    path = save_external(mlp_with_weights(hidden=64), tmp_path / "m")
+    with pytest.raises(FrontendError, match=r"tensor 'W1' is 4\.0 KiB \(\[16, 64\]\), over the 1\.0 KiB limit"):
+        import_onnx(path, max_tensor_bytes=1024)
+
+
+def test_huge_constant_of_shape_is_refused_before_allocating():
+    nodes = [
+        helper.make_node("Constant", [], ["shape"], value_ints=[1 << 20, 1 << 20], name="shape_c"),
+        helper.make_node("ConstantOfShape", ["shape"], ["big"], name="cos"),
+        helper.make_node("Add", ["big", "x"], ["y"]),
+    ]
+    model = make_model(nodes, [vinfo("x", F, [1])], [vinfo("y", F, [1 << 20, 1 << 20])])
+    with pytest.raises(FrontendError) as info:
+        import_model(model)
+    assert info.value.node == "cos" and "output 'big' would be 4.0 TiB" not in info.value.render()
+    assert "over the 4.0 GiB limit" in info.value.render()
+
+
+@pytest.mark.parametrize(
+    "make_file, expected",
+    [
+        (lambda d: d / "nope.onnx", "no such file"),
+        (lambda d: d, "is a directory"),
+        (lambda d: (d / "empty.onnx").write_bytes(b"") or d / "empty.onnx", "empty file"),
+        (lambda d: (d / "rand.onnx").write_bytes(np.random.default_rng(0).bytes(4096)) and d / "rand.onnx",
+         "not an ONNX model"),
+        (lambda d: (d / "text.onnx").write_text("hello world, not a model\n") and d / "text.onnx", "not an ONNX model"),
+    ],
+)
+def test_bad_files(tmp_path, make_file, expected, carve):
+    path = make_file(tmp_path)
+    with pytest.raises(FrontendError) as info:
+        import_onnx(path)
+    rendered = info.value.render()
+    assert expected in rendered and str(path) in rendered and "\n" not in rendered
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.5, 0.98])
+def test_truncated_model_file(tmp_path, carve, fraction):
+    data = mlp_with_weights(hidden=128).SerializeToString()
+    path = tmp_path / "t.onnx"
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(FrontendError, match="does not parse"):
+        import_onnx(path)
+
+
+def test_carved_weights_are_memory_mapped_from_the_model_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(loader, "CARVE_MIN_FILE_BYTES", 0)
+    model = mlp_with_weights(hidden=128)
+    real = save(model, tmp_path / "real.onnx")
+    link = tmp_path / "elsewhere" / "link.onnx"  # a symlinked model file still reads its own bytes
+    link.parent.mkdir()
+    os.symlink(real, link)
+    module = import_onnx(link)
+    w1 = module.constants["W1"].data
+    assert not w1.flags.writeable and not w1.flags.owndata
+    check_numerics(module, model, {"x": rng_array(2, 16)})
+
+
+def test_invalid_utf8_name_is_a_frontend_error(tmp_path):
+    model = make_model([helper.make_node("Relu", ["x"], ["y"], name="NAME")], [vinfo("x", F, [2])], [vinfo("y", F, [2])])
+    data = model.SerializeToString().replace(b"NAME", b"\xff\xfe\xfd\xfc")
+    with pytest.raises(FrontendError, match="graph.node.name is not UTF-8 text"):
+        import_onnx(save_bytes(data, tmp_path / "bad.onnx"))
+
+
+def save_bytes(data, path):
+    Path(path).write_bytes(data)
+    return str(path)
+
+
+def test_checker_failure_is_one_line(tmp_path):
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [vinfo("x", F, [2])], [vinfo("y", F, [2])])
+    model.graph.node[0].input[0] = "undefined"
+    with pytest.raises(FrontendError) as info:
+        import_onnx(save(model, tmp_path / "bad.onnx"))
+    rendered = info.value.render()
+    assert rendered.startswith(str(tmp_path / "bad.onnx") + ": invalid ONNX model: ") and "\n" not in rendered
+
+
+def test_declared_shape_conflict_is_reported():
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")], [vinfo("x", F, [2, 3])], [vinfo("y", F, [3, 2])]
+    )
+    with pytest.raises(FrontendError) as info:
+        import_model(model)
+    assert info.value.node == "relu" and "the model declares [3, 2]" in info.value.render()
+
+
+_VALID = mlp_with_weights().SerializeToString()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cut=st.integers(min_value=0, max_value=len(_VALID)),
+    flips=st.lists(st.tuples(st.integers(0, len(_VALID) - 1), st.integers(0, 255)), max_size=4),
+)
+@pytest.mark.parametrize("carved", [False, True])
+def test_corrupted_files_never_escape_as_raw_exceptions(tmp_path, monkeypatch, carved, cut, flips):
+    if carved:
+        monkeypatch.setattr(loader, "CARVE_MIN_FILE_BYTES", 0)
+    data = bytearray(_VALID)
+    for index, byte in flips:
+        data[index] = byte
+    path = tmp_path / "fuzz.onnx"
+    path.write_bytes(bytes(data[:cut]))
+    try:
+        module = import_onnx(path)
+    except AfmcError as exc:
+        assert type(exc).__name__ != "InternalError", exc.render()
+        assert "\n" not in exc.render()
+    else:
+        verify(module)
+
+
+def test_cast_like_becomes_cast():
+    nodes = [helper.make_node("CastLike", ["x", "like"], ["y"], name="castlike")]
+    model = make_model(nodes, [vinfo("x", F, [2, 3]), vinfo("like", TensorProto.DOUBLE, [1])], [vinfo("y", TensorProto.DOUBLE, [2, 3])])
+    module = import_model(model)
+    op = next(op for op in module.ops if op.name == "nn.cast")
+    assert op.attr("to") == "f64" and op.operands == [module.inputs[0]]
+    feeds = {"x": rng_array(2, 3), "like": np.zeros(1)}
+    np.testing.assert_array_equal(run_module(module, feeds)["y"], ort_run(model, feeds)["y"])
