@@ -232,7 +232,9 @@ def _format_target(data: dict[str, Any], indent: str = "") -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and maps every failure to one line and an exit code."""
     try:
-        cli.main(args=argv, prog_name="afmc", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="afmc", standalone_mode=False)
+        if isinstance(code, int):  # click returns an Exit's code instead of raising it here
+            return code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:

@@ -199,8 +199,8 @@ def timing_table(paths: list[Path], repeat: int) -> None:
         weights = sum(math.prod(t.dims) * 4 for t in model.graph.initializer)
         afmc_import(path, shapes)  # warm caches (schemas, imports) for both sides fairly
         ort_session(path)
-        ours = median_time(lambda: afmc_import(path, shapes), repeat)
-        theirs = median_time(lambda: ort_session(path), repeat)
+        ours = median_time(lambda p=path, s=shapes: afmc_import(p, s), repeat)  # type: ignore[misc]
+        theirs = median_time(lambda p=path: ort_session(p), repeat)  # type: ignore[misc]
         ratios.append(ours / theirs)
         print(f"{path.stem:28} {len(model.graph.node):6d} {weights / 2**20:8.1f}Mi {ours * 1e3:9.1f} {theirs * 1e3:9.1f} "
               f"{ours / theirs:9.2f}")

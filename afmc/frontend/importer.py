@@ -11,7 +11,7 @@ as soon as it is imported, and every result type is static.
 from __future__ import annotations
 
 import functools
-import math
+import itertools
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -146,7 +146,7 @@ def _import(
     if model.functions:
         try:
             model = onnx.inliner.inline_local_functions(model)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (onnx's C++ layer raises assorted types)
             raise FrontendError(f"cannot inline the model's local functions: {first_line(exc)}") from None
         raise_unsupported(model.graph.node)
     model, opset, originals = canonical_opset(model)
@@ -203,17 +203,17 @@ def _all_op_types(graph: onnx.GraphProto) -> set[str]:
 def _schema_at(op_type: str, opset: int) -> onnx.defs.OpSchema | None:
     try:
         return _schema(op_type, opset)
-    except Exception:
+    except onnx.defs.SchemaError:
         return None
 
 
 def _signature(schema: onnx.defs.OpSchema) -> tuple[Any, ...]:
     """Everything of a schema but its type constraints: attributes with defaults, inputs, outputs."""
     attrs = tuple(
-        sorted((n, int(a.type), a.required, a.default_value.SerializeToString()) for n, a in schema.attributes.items())
+        sorted((n, str(a.type), a.required, a.default_value.SerializeToString()) for n, a in schema.attributes.items())
     )
-    inputs = tuple((i.name, int(i.option), i.type_str) for i in schema.inputs)
-    outputs = tuple((o.name, int(o.option), o.type_str) for o in schema.outputs)
+    inputs = tuple((i.name, str(i.option), i.type_str) for i in schema.inputs)
+    outputs = tuple((o.name, str(o.option), o.type_str) for o in schema.outputs)
     return attrs, inputs, outputs, schema.min_input, schema.max_input, schema.min_output, schema.max_output
 
 
@@ -221,7 +221,7 @@ def _type_constraints(schema: onnx.defs.OpSchema) -> tuple[Any, ...]:
     return tuple(sorted((t.type_param_str, tuple(sorted(t.allowed_type_strs))) for t in schema.type_constraints))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def same_meaning(op_type: str, opset_a: int, opset_b: int) -> bool:
     """True when ``op_type`` means the same at both opsets: the same schema, or only new element
     types added in between (ONNX bumps an op's version for that alone). A version step that keeps
@@ -235,7 +235,7 @@ def same_meaning(op_type: str, opset_a: int, opset_b: int) -> bool:
         if not chain or chain[-1].since_version != schema.since_version:
             chain.append(schema)
     return all(
-        _signature(a) == _signature(b) and _type_constraints(a) != _type_constraints(b) for a, b in zip(chain, chain[1:])
+        _signature(a) == _signature(b) and _type_constraints(a) != _type_constraints(b) for a, b in itertools.pairwise(chain)
     )
 
 
@@ -258,7 +258,7 @@ def canonical_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, dict[
     light, originals = _light_copy(model)
     try:
         converted = onnx.version_converter.convert_version(light, OPSET)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (onnx's C++ layer raises assorted types)
         if version > OPSET:
             raise UnsupportedError(
                 f"the model's opset {version} is newer than afmc's opset {OPSET}; {', '.join(changed)} changed "
@@ -294,7 +294,7 @@ def _light_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Tens
     return light, originals
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schema(op_type: str, opset: int) -> onnx.defs.OpSchema:
     return onnx.defs.get_schema(op_type, opset, "")
 
@@ -584,7 +584,7 @@ class Importer:
     def schema(self, node: NodeProto) -> onnx.defs.OpSchema:
         try:
             return _schema(node.op_type, self.opset)
-        except Exception:
+        except onnx.defs.SchemaError:
             raise UnsupportedError(f"{node.op_type} is not an ONNX op at opset {self.opset}") from None
 
     def output_names(self, node: NodeProto, loc: str) -> list[str]:
@@ -615,7 +615,7 @@ class Importer:
             inferred = onnx.shape_inference.infer_node_outputs(
                 self.schema(node), node, input_types, input_data, opset_imports=self.opset_imports
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (InferenceError, ValidationError, SchemaError, ...)
             raise FrontendError(f"shape inference failed: {first_line(exc)}") from None
         types: list[TensorType | None] = []
         for name in names:
@@ -717,7 +717,7 @@ class Importer:
             return None
         except AfmcError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (a numpy error on this model's constants)
             raise FrontendError(f"evaluating this constant {nn_name} failed: {first_line(exc)}") from None
         finally:
             probe.drop_operands()

@@ -246,7 +246,7 @@ def check_model_path(path: str) -> None:
     """The onnx checker on the file itself: works above 2 GiB and checks external data paths."""
     try:
         onnx.checker.check_model(path)
-    except Exception as exc:  # ValidationError, or assorted C++ exceptions on malformed files
+    except Exception as exc:  # noqa: BLE001  (ValidationError, or assorted C++ exceptions)
         raise FrontendError(f"invalid ONNX model: {first_line(exc)}", file=path) from None
 
 
@@ -270,7 +270,7 @@ def check_model_proto(model: onnx.ModelProto, file: str | None) -> None:
                 tensor.dims.append(0)
     try:
         onnx.checker.check_model(target)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (ValidationError, or assorted C++ exceptions)
         raise FrontendError(f"invalid ONNX model: {first_line(exc)}", file=file) from None
 
 
@@ -367,7 +367,7 @@ class TensorReader:
             )
         try:
             array = onnx.numpy_helper.to_array(tensor)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (ValueError, TypeError, ml_dtypes errors)
             raise self.error(f"tensor '{name}' cannot be decoded: {first_line(exc)}", node) from None
         if dtype == "str":
             array = array.astype(object)
