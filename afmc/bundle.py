@@ -1,4 +1,5 @@
-"""Write the bundle: ``manifest.json``, ``arrays.npz``, ``ir.mlir`` and ``report.json`` in one directory.
+"""Write and read the bundle: ``manifest.json``, ``arrays.npz``, ``constants.npz``, ``inputs.npz``,
+``ir.mlir`` and ``report.json`` in one directory (``docs/bundle-format.md``).
 
 Byte-identical for the same inputs and seed (sorted keys where order is not meaningful, fixed zip
 timestamps, no pickles), and atomic: everything is written to a temporary sibling directory that is
@@ -20,9 +21,12 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import UsageError
-from .ir.core import Module, Op
+from .errors import AfmcError, UsageError
+from .ir import dtypes
+from .ir.core import Module, Op, array_digest
+from .ir.parser import parse_module
 from .ir.printer import print_module
+from .ir.verify import verify
 from .report import to_json
 
 SCHEMA_VERSION = 1
@@ -87,12 +91,21 @@ def build_manifest(module: Module, target: Any, report: dict[str, Any], extra: d
         "tiles": tiles,
         "partition": report.get("ops", []),
         "digital_remainder": digital,
-        "files": {"arrays": "arrays.npz", "ir": "ir.mlir", "report": "report.json"},
+        "files": {
+            "arrays": "arrays.npz", "constants": "constants.npz", "inputs": "inputs.npz",
+            "ir": "ir.mlir", "report": "report.json",
+        },
     }
 
 
 def write_bundle(
-    path: Path, module: Module, target: Any, report: dict[str, Any], extra: dict[str, Any], force: bool = False
+    path: Path,
+    module: Module,
+    target: Any,
+    report: dict[str, Any],
+    extra: dict[str, Any],
+    inputs: Mapping[str, np.ndarray] | None = None,
+    force: bool = False,
 ) -> None:
     """Write the bundle for a compiled module to ``path`` (a directory), atomically."""
     path = Path(path)
@@ -111,6 +124,8 @@ def write_bundle(
             for op in tile_entries(module)
         }
         write_npz(staging / "arrays.npz", arrays)
+        write_npz(staging / "constants.npz", {c.name: c.data for c in module.constants.values() if c.data is not None})
+        write_npz(staging / "inputs.npz", dict(inputs or sample_inputs(module, int(extra.get("seed", 0)))))
         (staging / "ir.mlir").write_text(print_module(module))
         manifest = build_manifest(module, target, report, extra)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_plain) + "\n")
@@ -130,3 +145,50 @@ def _swap_into_place(staging: Path, path: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(staging, path)
+
+
+def sample_inputs(module: Module, seed: int) -> dict[str, np.ndarray]:
+    """Seeded inputs for a bundle compiled without data: standard normal floats, small integers."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for value in module.inputs:
+        dtype = dtypes.to_numpy(value.type.dtype)
+        if dtype.kind == "f":
+            arrays[value.name] = rng.standard_normal(value.type.shape).astype(dtype)
+        else:
+            arrays[value.name] = rng.integers(0, 2, value.type.shape).astype(dtype)
+    return arrays
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise AfmcError(f"cannot read: {exc}", file=str(path)) from None
+
+
+def load_bundle(path: str | Path) -> tuple[Module, dict[str, Any], dict[str, np.ndarray]]:
+    """The compiled module (constants restored and checked against their digests), the manifest and
+    the bundle's sample inputs."""
+    path = Path(path)
+    if not (path / "manifest.json").is_file():
+        raise AfmcError("not an afmc bundle (no manifest.json)", file=str(path))
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        text = (path / "ir.mlir").read_text()
+    except (OSError, ValueError) as exc:
+        raise AfmcError(f"cannot read bundle: {exc}", file=str(path)) from None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise AfmcError(f"bundle schema {manifest.get('schema_version')} is not {SCHEMA_VERSION}", file=str(path))
+    module = parse_module(text, file=str(path / "ir.mlir"))
+    constants = read_npz(path / "constants.npz")
+    for name, constant in module.constants.items():
+        if constant.data is not None:
+            continue
+        data = constants.get(name)
+        if data is None or array_digest(data) != constant.digest or tuple(data.shape) != constant.type.shape:
+            raise AfmcError(f"constant @{name} is missing or does not match its digest", file=str(path / "constants.npz"))
+        constant.data = data
+    verify(module)
+    return module, manifest, read_npz(path / "inputs.npz")

@@ -229,6 +229,18 @@ def _format_target(data: dict[str, Any], indent: str = "") -> str:
     return "\n".join(lines)
 
 
+def _add_plugin_commands() -> None:
+    """Commands that live beside their subsystem (``afmc run`` in ``afmc.sim.cli``)."""
+    try:
+        from .sim.cli import run_command
+    except ImportError:
+        return
+    cli.add_command(run_command, "run")
+
+
+_add_plugin_commands()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and maps every failure to one line and an exit code."""
     try:

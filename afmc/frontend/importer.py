@@ -141,14 +141,17 @@ def _import(
     fold_max_bytes: int,
 ) -> Module:
     reader.validate(model)
-    raise_unsupported(model.graph.node, allowed=_CONVERTED_AWAY)
-    check(model)
-    if model.functions:
+    checked = bool(model.functions)
+    if checked:  # calls to model-local functions (torch.onnx's dynamo exporter) become plain nodes
+        check(model)
         try:
             model = onnx.inliner.inline_local_functions(model)
         except Exception as exc:  # noqa: BLE001  (onnx's C++ layer raises assorted types)
             raise FrontendError(f"cannot inline the model's local functions: {first_line(exc)}") from None
-        raise_unsupported(model.graph.node)
+    # unsupported ops first: an op unknown to onnx gets this message rather than the checker's
+    raise_unsupported(model.graph.node, allowed=_CONVERTED_AWAY)
+    if not checked:
+        check(model)
     model, opset, originals = canonical_opset(model)
     raise_unsupported(model.graph.node)
     return Importer(model.graph, opset, reader, fold_max_bytes, originals).run(input_shapes)
