@@ -625,3 +625,13 @@ def test_omitted_optional_inputs_and_outputs():
     clip = next(op for op in module.ops if op.name == "nn.clip")
     assert clip.operands[1] is None and len(next(op for op in module.ops if op.loc == "ln").results) == 1
     check_numerics(module, model, {"x": rng_array(2, 4)})
+
+
+@pytest.mark.parametrize("op_type", ["MaxPool", "AveragePool"])
+def test_ceil_mode_pool_drops_a_window_starting_in_padding(op_type):
+    """onnx's shape inference says 2x2 here; the op (and onnxruntime) give 1x1."""
+    node = helper.make_node(op_type, ["x"], ["y"], kernel_shape=[1, 1], strides=[2, 2], pads=[0, 0, 1, 1], ceil_mode=1)
+    model = make_model([node], [vinfo("x", F, [1, 1, 2, 2])], [vinfo("y", F, [1, 1, 1, 1])])
+    module = import_model(model)
+    assert module.outputs[0].type.shape == (1, 1, 1, 1)
+    check_numerics(module, model, {"x": rng_array(1, 1, 2, 2)})

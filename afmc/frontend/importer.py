@@ -597,8 +597,12 @@ class Importer:
             names.pop()
         return [n or self.synthetic_name(f"{loc}.unused") for n in names]
 
-    def infer(self, node: NodeProto, names: list[str], operands: Sequence[Value | None]) -> list[TensorType | None]:
-        """Result types from onnx's shape inference for this node alone; None when the rank is unknown."""
+    def infer(
+        self, node: NodeProto, names: list[str], operands: Sequence[Value | None], attrs: Mapping[str, Any] | None = None
+    ) -> list[TensorType | None]:
+        """Result types from onnx's shape inference for this node alone (corrected by ``SHAPE_FIXES``
+        given the node's ``attrs``), cross-checked with the model's declared types; None when the
+        rank is unknown."""
         input_types: dict[str, onnx.TypeProto] = {}
         input_data: dict[str, TensorProto] = {}
         for name, value in zip(node.input, operands):
@@ -620,12 +624,16 @@ class Importer:
             )
         except Exception as exc:  # noqa: BLE001  (InferenceError, ValidationError, SchemaError, ...)
             raise FrontendError(f"shape inference failed: {first_line(exc)}") from None
+        fix = SHAPE_FIXES.get(node.op_type)
         types: list[TensorType | None] = []
-        for name in names:
+        for index, name in enumerate(names):
             parsed = _type_of(inferred[name]) if name in inferred else None
             if parsed is None or parsed[0] == TensorProto.UNDEFINED:
                 raise FrontendError(f"cannot infer the type of output '{name}'")
-            dims = self._merge_declared(name, parsed[0], parsed[1])
+            dims = parsed[1]
+            if fix is not None and dims is not None and attrs is not None:
+                dims = fix(attrs, operands, index, dims)
+            dims = self._merge_declared(name, parsed[0], dims)
             dtype = _dtype_name(parsed[0], f"output '{name}'")
             types.append(None if dims is None else TensorType(tuple(d if isinstance(d, int) else -1 for d in dims), dtype))
         return types
@@ -746,8 +754,51 @@ def import_generic(imp: Importer, node: NodeProto, loc: str) -> None:
     operands = [imp.operand(name) for name in node.input]
     attrs = imp.attributes(node)
     names = imp.output_names(node, loc)
-    types = imp.infer(node, names, operands)
+    types = imp.infer(node, names, operands, attrs)
     imp.emit(ONNX_TO_NN[node.op_type], operands, types, names, attrs, loc)
+
+
+# -- corrections to onnx's shape inference ------------------------------------------------------
+
+#: ``fix(attrs, operands, output index, inferred dims) -> dims`` per ONNX op type, for the cases
+#: where onnx's per-node inference disagrees with the op's semantics.
+ShapeFix = Callable[[Mapping[str, Any], Sequence["Value | None"], int, list["int | str"]], list["int | str"]]
+SHAPE_FIXES: dict[str, ShapeFix] = {}
+
+
+def fixes_shape(*op_types: str) -> Callable[[ShapeFix], ShapeFix]:
+    def register(fn: ShapeFix) -> ShapeFix:
+        for op_type in op_types:
+            SHAPE_FIXES[op_type] = fn
+        return fn
+
+    return register
+
+
+@fixes_shape("MaxPool", "AveragePool")
+def _ceil_mode_pool(attrs: Mapping[str, Any], operands: Sequence[Value | None], index: int,
+                    dims: list[int | str]) -> list[int | str]:
+    """With ``ceil_mode`` a last window that would start in the trailing padding is dropped
+    (ONNX reference, PyTorch, onnxruntime); onnx 1.23's shape inference keeps it."""
+    data = operands[0]
+    if not attrs.get("ceil_mode") or attrs.get("auto_pad", "NOTSET") != "NOTSET" or data is None:
+        return dims
+    sizes = data.type.shape[2:]
+    nd = len(sizes)
+    kernel = attrs.get("kernel_shape", ())
+    if len(kernel) != nd or len(dims) != nd + 2:
+        return dims
+    strides = attrs.get("strides") or (1,) * nd
+    dilations = attrs.get("dilations") or (1,) * nd
+    pads = attrs.get("pads") or (0,) * (2 * nd)
+    fixed = list(dims[:2])
+    for i, size in enumerate(sizes):
+        span = size + pads[i] + pads[i + nd] - ((kernel[i] - 1) * dilations[i] + 1)
+        out = -(-span // strides[i]) + 1
+        if (out - 1) * strides[i] >= size + pads[i]:
+            out -= 1
+        fixed.append(max(out, 0))
+    return fixed
 
 
 @handles("Constant")
