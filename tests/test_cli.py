@@ -107,7 +107,7 @@ def test_bundle_is_byte_identical_and_not_overwritten(tmp_path: Path, capsys: py
         code, _, err = run_main([*args, "-o", str(tmp_path / out)], capsys)
         assert code == 0, err
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert files == ["arrays.npz", "ir.mlir", "manifest.json", "report.json"]
+    assert files == ["arrays.npz", "constants.npz", "inputs.npz", "ir.mlir", "manifest.json", "report.json"]
     for file in files:
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())

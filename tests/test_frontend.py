@@ -627,10 +627,16 @@ def test_omitted_optional_inputs_and_outputs():
     check_numerics(module, model, {"x": rng_array(2, 4)})
 
 
-@pytest.mark.parametrize("op_type", ["MaxPool", "AveragePool"])
-def test_ceil_mode_pool_drops_a_window_starting_in_padding(op_type):
-    """onnx's shape inference says 2x2 here; the op (and onnxruntime) give 1x1."""
-    node = helper.make_node(op_type, ["x"], ["y"], kernel_shape=[1, 1], strides=[2, 2], pads=[0, 0, 1, 1], ceil_mode=1)
+@pytest.mark.parametrize(
+    "op_type, attrs",
+    [
+        ("MaxPool", {"kernel_shape": [1, 1], "strides": [2, 2]}),
+        ("AveragePool", {"kernel_shape": [3, 3], "strides": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
+    ],
+)
+def test_ceil_mode_pool_drops_a_window_starting_in_padding(op_type, attrs):
+    """onnx's shape inference says 2x2 here; the op (ONNX reference, onnxruntime) gives 1x1."""
+    node = helper.make_node(op_type, ["x"], ["y"], ceil_mode=1, **attrs)
     model = make_model([node], [vinfo("x", F, [1, 1, 2, 2])], [vinfo("y", F, [1, 1, 1, 1])])
     module = import_model(model)
     assert module.outputs[0].type.shape == (1, 1, 1, 1)
