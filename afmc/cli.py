@@ -91,7 +91,14 @@ def compile_command(
     Without --target only the target-independent passes run and the IR text is written.
     """
     from .bundle import write_bundle
-    from .driver import compile_module, fit_report, load_module, load_target, pipeline_for, raise_if_does_not_fit
+    from .driver import (
+        compile_module,
+        fit_report,
+        load_module,
+        load_target,
+        pipeline_for,
+        raise_if_does_not_fit,
+    )
     from .report import to_json
 
     shapes = parse_input_shapes(input_shape)

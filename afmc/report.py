@@ -90,8 +90,10 @@ def to_text(report: dict[str, Any]) -> str:
     lines = [
         f"afmc check: {report['model'].get('name', '')} on {report['target']}: "
         + ("FITS" if report["status"] == "fits" else "DOES NOT FIT"),
-        f"arrays required {tiles['required']} of {tiles['available']} "
-        f"({report['utilization']['chip']:.1%}), cores used {tiles['cores_used']} of {tiles['cores_available']}",
+        (
+            f"arrays required {tiles['required']} of {tiles['available']} "
+            f"({report['utilization']['chip']:.1%}), cores used {tiles['cores_used']} of {tiles['cores_available']}"
+        ),
         "",
         f"{'layer':<32} {'kind':<8} {'K x N':>12} {'splits':>9} {'slices':>6} {'arrays':>7} {'util':>6}",
     ]

@@ -162,7 +162,7 @@ def test_instruments_print_and_dump(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], make, args, needle) -> None:  # type: ignore[no-untyped-def]
     model = make(tmp_path)
     command = "compile" if "--target" in args or "--pipeline" in args else "ir"
-    code, out, err = run_main([command, str(model), *args], capsys)
+    code, _, err = run_main([command, str(model), *args], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err
     assert lines[0].startswith("afmc: error:") and needle in lines[0]

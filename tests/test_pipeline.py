@@ -49,7 +49,7 @@ def test_bad_pipeline_shows_a_caret(spec: str, column: int, message: str) -> Non
         parse_pipeline(spec)
     text = info.value.message
     assert message in text
-    first, echoed, caret = text.split("\n")
+    _, echoed, caret = text.split("\n")
     assert echoed.strip() == spec
     assert caret.index("^") - 2 == column
 

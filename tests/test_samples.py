@@ -6,15 +6,14 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from afmc.targets import load_target
+from helpers import TARGETS, sample_inputs, sample_path, sample_shapes
 
 from afmc.driver import GENERIC_PIPELINE, compile_module
 from afmc.frontend import import_onnx
 from afmc.interp import run_module
 from afmc.ir import parse_module, print_module
 from afmc.pipeline import Instrumentation, parse_pipeline
-from afmc.targets import load_target
-
-from helpers import TARGETS, sample_inputs, sample_path, sample_shapes
 
 BATCH = 16
 

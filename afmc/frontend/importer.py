@@ -262,12 +262,14 @@ def canonical_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, dict[
     try:
         converted = onnx.version_converter.convert_version(light, OPSET)
     except Exception as exc:  # noqa: BLE001  (onnx's C++ layer raises assorted types)
+        # the converter's text is "<source path>: adapt: Assertion `...` failed: <reason>"
+        reason = first_line(exc).rsplit(" failed: ", 1)[-1]
         if version > OPSET:
             raise UnsupportedError(
                 f"the model's opset {version} is newer than afmc's opset {OPSET}; {', '.join(changed)} changed "
-                f"since, and the version converter cannot convert back: {first_line(exc)}"
+                f"since, and the version converter cannot convert back: {reason}"
             ) from None
-        raise FrontendError(f"cannot convert opset {version} to {OPSET}: {first_line(exc)}") from None
+        raise FrontendError(f"cannot convert opset {version} to {OPSET}: {reason}") from None
     return converted, OPSET, originals
 
 

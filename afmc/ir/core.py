@@ -140,7 +140,7 @@ def _attr_equal(a: Any, b: Any) -> bool:
 class Value:
     """An SSA value: a graph input or one result of an op."""
 
-    __slots__ = ("name", "type", "producer", "uses")
+    __slots__ = ("name", "producer", "type", "uses")
 
     def __init__(self, name: str, type: TensorType, producer: Op | None = None) -> None:
         self.name = name
@@ -155,7 +155,7 @@ class Value:
 class Op:
     """An operation: ``dialect.name`` with operands, results, frozen attributes and a location."""
 
-    __slots__ = ("name", "operands", "results", "attributes", "loc")
+    __slots__ = ("attributes", "loc", "name", "operands", "results")
 
     def __init__(
         self,
@@ -214,7 +214,7 @@ class Op:
 class Constant:
     """A pool entry: a named tensor. ``data`` is ``None`` when parsed from a dump that elided it."""
 
-    __slots__ = ("name", "type", "data", "_digest")
+    __slots__ = ("_digest", "data", "name", "type")
 
     def __init__(self, name: str, type: TensorType, data: np.ndarray | None, digest: str | None = None) -> None:
         self.name = name
