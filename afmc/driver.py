@@ -88,8 +88,10 @@ def compile_module(
     return Compilation(module, ctx, instruments)
 
 
-#: ``check`` runs the target's pipeline up to the last of these (fit and layout, no calibration).
+#: ``check`` runs the target's pipeline up to the last of these (fit and layout, no calibration),
+#: then the performance estimate if the pipeline has one.
 CHECK_PASSES = ("tile", "place")
+ESTIMATE_PASSES = ("schedule",)
 
 
 def model_identity(path: str | Path) -> dict[str, Any]:
@@ -109,7 +111,7 @@ def check_passes(target: Any, spec: str | None) -> list[Pass]:
     last = max((i for i, name in enumerate(names) if name in CHECK_PASSES), default=None)
     if last is None:
         raise AfmcError(f"pipeline '{','.join(names)}' has no tile pass; check cannot count arrays")
-    return passes[: last + 1]
+    return passes[: last + 1] + [p for p in passes[last + 1 :] if p.name in ESTIMATE_PASSES]
 
 
 def fit_report(compilation: Compilation, model_path: str | Path) -> dict[str, Any]:

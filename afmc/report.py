@@ -108,11 +108,25 @@ def to_text(report: dict[str, Any]) -> str:
         lines += [f"  {count:>5}  {reason}" for reason, count in report["digital_ops_by_reason"].items()]
     regions = report["regions"]
     lines += ["", f"analog regions {regions['analog']}, crossings {sum(regions['crossings'].values())}"]
+    if "performance" in report:
+        perf = report["performance"]
+        lines += [
+            f"estimate: latency {perf['latency_s'] * 1e6:.2f} us ({perf['latency_cycles']} cycles), "
+            f"throughput {perf['throughput_inferences_per_s']:.4g}/s, "
+            f"energy {perf['energy_per_inference_j'] * 1e9:.4g} nJ per inference, bottleneck {_bottleneck(perf)}"
+        ]
     if "missing" in report:
         missing = report["missing"]
         lines += ["", f"missing {missing['tiles']} arrays; layers that do not fit:"]
         lines += [f"  {m['layer']}: {m['arrays_short']} of {m['arrays_needed']} arrays short" for m in missing["layers"]]
     return "\n".join(lines) + "\n"
+
+
+def _bottleneck(perf: dict[str, Any]) -> str:
+    neck = perf.get("bottleneck")
+    if isinstance(neck, dict):
+        return f"{neck.get('resource', '')} {neck.get('layer', '')}".strip()
+    return str(neck)
 
 
 def to_junit(report: dict[str, Any]) -> str:

@@ -142,7 +142,7 @@ def test_instruments_print_and_dump(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "// -----// IR Dump After tile //----- //" in err and "// -----// IR Dump Before partition //----- //" in err
     assert "Pass execution timing report" in err
     dumps = sorted(p.name for p in (tmp_path / "d").iterdir())
-    assert dumps[0] == "000_input.mlir" and dumps[-1].endswith("_tile.mlir")
+    assert dumps[0] == "000_input.mlir" and any(d.endswith("_tile.mlir") for d in dumps)
 
 
 @pytest.mark.parametrize(

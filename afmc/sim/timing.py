@@ -36,7 +36,8 @@ at the batch size it was compiled for. Times are kept in ns, energies in pJ.
 over the op graph. Every task (op, inference) starts when all its operands have arrived (producer
 finished + transfer delay) and its resource has a free server. Resources: each ``xbar.mvm`` is an
 array that performs one MVM at a time (ops carrying the same ``core`` and ``slot`` share one array);
-the digital unit has ``digital_lanes`` servers (default 1) that share ``digital_ops_per_s`` evenly;
+the digital unit has ``digital_lanes`` servers (default 1, the target's one unit), each running one
+op at a time at ``digital_ops_per_s`` (N lanes stand for N digital units, e.g. one per tile);
 zero-cost ops (constants, reshapes) take no resource. Waiting tasks are served oldest inference
 first, then in program order, without preemption. All ``n`` inputs are queued at t = 0, so the
 layers pipeline across inferences: inference k+1 uses the first layer's arrays while inference k is
@@ -83,19 +84,20 @@ COMPONENTS = ("dac", "array", "adc", "network", "digital")
 
 #: What the estimate assumes, in the words the report prints.
 ASSUMPTIONS: tuple[str, ...] = (
-    "an inference is one evaluation of the compiled graph at its compiled batch size; the stream's "
-    "inputs are all queued at t = 0 and throughput is the mean completion interval over the stream's second half",
-    "xbar.mvm time = ceil(M / replicas) * input_slices * max(dac_ns + mvm_ns, min(columns_per_adc, cols_used) "
-    "* adc_ns): ADC conversion overlaps the next read (ISAAC); the pipeline fill is ignored",
-    "xbar.mvm energy = M * input_slices * (mvm_pj + rows_used * dac_pj + cols_used * adc_pj); mvm_pj is paid "
-    "in full for partly used arrays",
-    "each xbar.mvm (its replicas in lockstep) is one array resource running one MVM at a time; ops with "
-    "the same core and slot share one array; reprogramming is not modelled",
-    "digital ops (nn.*, xbar.unfold/accumulate/assemble) run at chip.io on one digital unit whose lanes "
-    "share digital_ops_per_s; cost per op from a per-op-kind table (one MAC or one output element = 1 op)",
-    "network: bytes * Manhattan hops * hop constants, store and forward, links not contended, no multicast; "
-    "analog traffic at ceil(bits / 8) bytes per element (unfolded inputs in, ADC outputs out), digital "
-    "traffic at the dtype size; ops without a core attribute sit at chip.io",
+    ("an inference is one evaluation of the compiled graph at its compiled batch size; the stream's "
+     "inputs are all queued at t = 0 and throughput is the mean completion interval over the stream's second half"),
+    ("xbar.mvm time = ceil(M / replicas) * input_slices * max(dac_ns + mvm_ns, min(columns_per_adc, cols_used) "
+     "* adc_ns): ADC conversion overlaps the next read (ISAAC); the pipeline fill is ignored"),
+    ("xbar.mvm energy = M * input_slices * (mvm_pj + rows_used * dac_pj + cols_used * adc_pj); mvm_pj is paid "
+     "in full for partly used arrays"),
+    ("each xbar.mvm (its replicas in lockstep) is one array resource running one MVM at a time; ops with "
+     "the same core and slot share one array; reprogramming is not modelled"),
+    ("digital ops (nn.*, xbar.unfold/accumulate/assemble) run at chip.io on the digital unit (digital_lanes "
+     "units, each one op at a time at digital_ops_per_s); cost per op from a per-op-kind table (one MAC or "
+     "one output element = 1 op)"),
+    ("network: bytes * Manhattan hops * hop constants, store and forward, links not contended, no multicast; "
+     "analog traffic at ceil(bits / 8) bytes per element (unfolded inputs in, ADC outputs out), digital "
+     "traffic at the dtype size; ops without a core attribute sit at chip.io"),
     "waiting tasks are served oldest inference first, then in program order, without preemption",
     "weight programming, refresh, control, leakage and memory (SRAM/DRAM) energy are not modelled",
 )
@@ -284,8 +286,8 @@ class CostModel:
 
     def digital(self, op: Op) -> OpCost:
         ops = digital_op_count(op)
-        per_lane = self.timing.digital_ops_per_s / self.digital_lanes
-        return OpCost(duration_ns=ops / per_lane * 1e9, digital_pj=ops * self.energy.digital_pj_per_op, digital_ops=ops)
+        return OpCost(duration_ns=ops / self.timing.digital_ops_per_s * 1e9,
+                      digital_pj=ops * self.energy.digital_pj_per_op, digital_ops=ops)
 
     def cost(self, op: Op) -> OpCost:
         return self.mvm(op) if op.name == "xbar.mvm" else self.digital(op)
@@ -388,8 +390,8 @@ def build_task_graph(module: Module, model: CostModel) -> TaskGraph:
     graph = TaskGraph([], [], [], [], [[] for _ in ops], [[] for _ in ops], [0.0] * len(ops), [0.0] * len(ops))
     shared: dict[tuple[Any, ...], int] = {}
     digital_resource = -1
-    network = [0.0]
-    byte_hops = [0.0]
+    network_pj = 0.0
+    byte_hops = 0.0
     where = [model.locations(op) for op in ops]
 
     def new_resource(kind: str, capacity: int, arrays: int, label: str) -> int:
@@ -400,9 +402,10 @@ def build_task_graph(module: Module, model: CostModel) -> TaskGraph:
         return len(graph.resource_kind) - 1
 
     def move(src: tuple[Point, ...], dst: tuple[Point, ...], nbytes: int) -> float:
+        nonlocal network_pj, byte_hops
         moved = model.transfer(src, dst, nbytes)
-        network[0] += moved.energy_pj
-        byte_hops[0] += moved.byte_hops
+        network_pj += moved.energy_pj
+        byte_hops += moved.byte_hops
         return moved.delay_ns
 
     for i, op in enumerate(ops):
@@ -458,8 +461,8 @@ def build_task_graph(module: Module, model: CostModel) -> TaskGraph:
         graph.preds[i] = sorted(merged.items())
         for j, delay in graph.preds[i]:
             graph.succs[j].append((i, delay))
-    graph.network_pj = network[0]
-    graph.byte_hops = byte_hops[0]
+    graph.network_pj = network_pj
+    graph.byte_hops = byte_hops
     return graph
 
 
