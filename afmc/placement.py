@@ -95,10 +95,17 @@ AUTO_CPSAT_MAX = 2000
 AUTO_ANNEAL_MAX = 20000
 #: Dense groups are expanded into pairs for CP-SAT while the total stays below this.
 CPSAT_EXPAND_LIMIT = 20000
-#: CP-SAT is skipped by ``auto`` when its model would have more distance pairs than this.
-CPSAT_MAX_PAIRS = 40000
+#: ``auto`` adds CP-SAT only when its model has at most this many distance pairs: on dense
+#: layer-to-layer traffic CP-SAT barely improves an annealed placement and its model grows
+#: quadratically, so there annealing alone is used.
+CPSAT_MAX_PAIRS = 5000
 #: Annealing work units (gathered entries) per deterministic second.
 WORK_PER_SECOND = 1.2e7
+#: Annealing stops after this many proposals per tile even when time is left.
+MOVES_PER_TILE = 1000
+#: After annealing, ``auto`` gives CP-SAT at most CPSAT_BASE + CPSAT_PER_TILE·n deterministic seconds.
+CPSAT_BASE = 0.2
+CPSAT_PER_TILE = 0.01
 #: Fixed work units per annealing batch (the numpy call overhead, ~0.25 ms).
 BATCH_OVERHEAD = 3000.0
 
@@ -682,7 +689,7 @@ def anneal(
     radius: int | None = None,
     initial_temperature: float | None = None,
     wall_cap: float | None = None,
-    batch_divisor: int = 24,
+    batch_divisor: int = 12,
     t0_factor: float = 1.0,
 ) -> tuple[np.ndarray, AnnealStats]:
     """Simulated annealing from ``start`` for ``budget`` deterministic seconds; the best
@@ -718,7 +725,7 @@ def anneal(
     degree = np.diff(inc.start)
     per_batch = BATCH_OVERHEAD + batch * (4 + 2 * float(degree.mean() if n else 0) + 4 * inc.mem_w.shape[1] + inc.mem_w.shape[1] ** 2)
     per_batch += 2 * batch * inc.mem_w.shape[1] * 2 + min(inc.rows, 2 * batch * inc.mem_w.shape[1]) * (w_mesh + h_mesh)
-    total_batches = max(1, int(budget * WORK_PER_SECOND / per_batch))
+    total_batches = max(1, int(min(budget * WORK_PER_SECOND / per_batch, MOVES_PER_TILE * n / batch)))
     check_every = max(1, total_batches // 40)
     temperature = initial_temperature
     cooling = 1e-3 ** (1.0 / total_batches)
@@ -1076,6 +1083,8 @@ def solve(
         det += stats.seconds
     if chosen in ("cpsat", "anneal+cpsat"):
         remaining = max(time_limit - det, 0.1)
+        if chosen == "anneal+cpsat":
+            remaining = min(remaining, CPSAT_BASE + CPSAT_PER_TILE * n)
         result = cpsat(problem, assignment, time_limit=remaining, workers=workers, seed=seed, bound=bound,
                        wall_cap=cap)
         det += result.seconds

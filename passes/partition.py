@@ -2,7 +2,8 @@
 
 Static-weight Conv/ConvTranspose/Gemm/MatMul go analog unless the user pins them digital, they are
 too small to pay for the conversions, or they would waste the arrays (a depthwise convolution uses
-a handful of cells per array). Everything else is digital with the reason recorded. Each op gets
+a handful of cells per array: ``min-utilization`` applies to grouped convolutions, whose groups each
+take their own arrays; small dense layers are ``min-macs``'s business). Everything else is digital with the reason recorded. Each op gets
 ``region`` and ``reason`` attributes (and ``region_id`` when analog); the report lists them all and
 counts the analog regions and the analog↔digital crossings.
 """
@@ -64,7 +65,7 @@ class Partition(Pass):
         problem = tileable(module, op)
         if problem is not None:
             return "digital", f"unsupported by the target: {problem}"
-        if geometry is not None and self.min_utilization > 0:
+        if geometry is not None and self.min_utilization > 0 and view.groups > 1:
             used = array_utilization(view, *geometry)
             if used < self.min_utilization:
                 return "digital", (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 from dataclasses import dataclass
@@ -71,7 +72,23 @@ def parse_type(text: str) -> TensorType:
 
 def _unquote(text: str) -> str:
     body = text[1:]
-    return json.loads(body) if body.startswith('"') else body
+    return _string(body) if body.startswith('"') else body
+
+
+def _string(text: str) -> str:
+    """A quoted string token's value; ``ValueError`` when it is not a valid JSON string (a raw
+    control character or a bad escape, which the tokenizer's pattern lets through)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"malformed string {_clip(text)}: {exc.msg}") from None
+    if not isinstance(value, str):
+        raise ValueError(f"malformed string {_clip(text)}")
+    return value
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Parser:
@@ -108,6 +125,19 @@ class Parser:
             raise self.error(f"expected a {kind}, found {token.text or 'end of file'!r}", token)
         return token
 
+    def unquote(self, token: Token) -> str:
+        """The name a value or symbol token spells (quoted names are JSON strings)."""
+        try:
+            return _unquote(token.text)
+        except ValueError as exc:
+            raise self.error(str(exc), token) from None
+
+    def string(self, token: Token) -> str:
+        try:
+            return _string(token.text)
+        except ValueError as exc:
+            raise self.error(str(exc), token) from None
+
     def accept(self, text: str) -> bool:
         if self.peek.text == text:
             self.index += 1
@@ -124,7 +154,7 @@ class Parser:
     # -- grammar ---------------------------------------------------------------------------
     def module(self) -> Module:
         self.expect("module")
-        module = Module(_unquote(self.expect_kind("symbol").text))
+        module = Module(self.unquote(self.expect_kind("symbol")))
         if self.accept("attributes"):
             module.attributes = self.attr_dict()
         self.expect("{")
@@ -136,7 +166,7 @@ class Parser:
         self.expect("graph")
         self.expect("(")
         while self.peek.text != ")":
-            name = _unquote(self.expect_kind("value").text)
+            name = self.unquote(self.expect_kind("value"))
             self.expect(":")
             self.define(name, module.add_input(name, self.type()) if name not in self.values else None)
             if not self.accept(","):
@@ -163,14 +193,14 @@ class Parser:
 
     def use(self) -> Value:
         token = self.expect_kind("value")
-        name = _unquote(token.text)
+        name = self.unquote(token)
         if name not in self.values:
             raise self.error(f"use of undefined value %{name}", token)
         return self.values[name]
 
     def constant(self) -> Constant:
         self.expect("const")
-        name = _unquote(self.expect_kind("symbol").text)
+        name = self.unquote(self.expect_kind("symbol"))
         self.expect(":")
         type = self.type()
         self.expect("=")
@@ -180,11 +210,14 @@ class Parser:
             return Constant(name, type, array)
         if kind.text in ("elided", "base64"):
             self.expect("<")
-            payload = json.loads(self.expect_kind("string").text)
+            payload = self.string(self.expect_kind("string"))
             self.expect(">")
             if kind.text == "elided":
                 return Constant(name, type, None, digest=payload)
-            raw = base64.b64decode(payload)
+            try:
+                raw = base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise self.error(f"constant @{name}: malformed base64 data: {exc}", kind) from None
             np_dtype = dtypes.to_numpy(type.dtype).newbyteorder("<")
             if len(raw) != type.numel * np_dtype.itemsize:
                 raise self.error(f"constant @{name}: {len(raw)} bytes do not fill {type}", kind)
@@ -214,9 +247,9 @@ class Parser:
     def op(self, module: Module) -> Op:
         names: list[str] = []
         if self.peek.kind == "value":
-            names.append(_unquote(self.next().text))
+            names.append(self.unquote(self.next()))
             while self.accept(","):
-                names.append(_unquote(self.expect_kind("value").text))
+                names.append(self.unquote(self.expect_kind("value")))
             self.expect("=")
         name_token = self.expect_kind("ident")
         if "." not in name_token.text:
@@ -242,7 +275,7 @@ class Parser:
         loc = ""
         if self.accept("loc"):
             self.expect("(")
-            loc = json.loads(self.expect_kind("string").text)
+            loc = self.string(self.expect_kind("string"))
             self.expect(")")
         results = []
         for name, type in zip(names, types):
@@ -261,7 +294,7 @@ class Parser:
         while self.peek.text != "}":
             token = self.next()
             if token.kind == "string":
-                key = json.loads(token.text)
+                key = self.string(token)
             elif token.kind == "ident":
                 key = token.text
             else:
@@ -289,11 +322,14 @@ class Parser:
         self.next()
         if token.kind == "number":
             text = token.text
-            return float(text) if any(c in text for c in ".eEin") else int(text)
+            try:
+                return float(text) if any(c in text for c in ".eEin") else int(text)
+            except ValueError as exc:  # an integer past Python's digit limit
+                raise self.error(f"malformed number {_clip(text)}: {exc}", token) from None
         if token.kind == "string":
-            return json.loads(token.text)
+            return self.string(token)
         if token.kind == "symbol":
-            return SymbolRef(_unquote(token.text))
+            return SymbolRef(self.unquote(token))
         if token.kind == "type":
             try:
                 return parse_type(token.text)

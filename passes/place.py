@@ -1,0 +1,215 @@
+"""``place``: put every array tile (each copy of each ``xbar.mvm``) in a slot of a working core.
+
+The pass reads the tiled IR into a `afmc.placement.PlacementProblem` (traffic model: the module
+docstring of ``afmc.placement``), solves it, and writes the answer as printed attributes:
+
+- every ``xbar.mvm`` gets ``core = [x, y]`` and ``slot = j`` (the array slot in that core); with
+  ``replicas > 1``, one entry per copy: ``core = [[x, y], ...]``, ``slot = [j, ...]``;
+- the module gets ``placement = {objective, lower_bound, gap, solver, status, seconds}`` where the
+  objective is bytes × hops per inference, ``gap = (objective − lower_bound) / objective`` and
+  ``seconds`` is the solver's deterministic time (CP-SAT's deterministic time plus annealing work
+  units, about wall seconds on the reference machine): wall-clock time would make bundles differ
+  run to run; ``afmc compile --timing`` shows that;
+- ``ctx.report["placement"]`` holds the same plus the constructive baseline, the mesh, and for
+  models of at most `REPORT_CORES_MAX` tiles the cores of each layer.
+
+Options: ``solver`` (auto | constructive | cpsat | anneal | hierarchical), ``time-limit``
+(deterministic seconds), ``workers`` (CP-SAT threads; 1 keeps results byte-identical), ``seed``
+(added to the compile seed). The same inputs give the same placement, byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from afmc.errors import AfmcError
+from afmc.ir.core import Module, Op, Value
+from afmc.pipeline import Pass, PassContext, register_pass
+from afmc.placement import IO, SOLVERS, LayerTraffic, PlacementProblem, problem_from_layers, solve
+
+REPORT_CORES_MAX = 256
+#: Bytes per activation element on the network (8-bit activations and ADC outputs).
+BYTES_PER_ELEMENT = 1
+
+
+@dataclass
+class _Tile:
+    op: Op
+    copy: int
+
+
+def _activation_operands(op: Op) -> list[Value]:
+    """Operands that are activations (not constants)."""
+    return [v for v in op.operands if v is not None and (v.producer is None or v.producer.name != "nn.constant")]
+
+
+def _passes_through(op: Op) -> bool:
+    """Digital ops with one activation operand are done in transit; others run on the digital unit."""
+    return op.attr("region") != "analog" and not op.name.startswith("xbar.") and len(_activation_operands(op)) == 1
+
+
+def _source_layer(value: Value, assembles: dict[int, int]) -> int:
+    """The analog layer whose output reaches ``value`` through pass-through ops, else ``IO``."""
+    while True:
+        producer = value.producer
+        if producer is None:
+            return IO
+        if id(producer) in assembles:
+            return assembles[id(producer)]
+        if not _passes_through(producer):
+            return IO
+        value = _activation_operands(producer)[0]
+
+
+def _reaches_io(value: Value, outputs: set[int]) -> bool:
+    """Does ``value`` reach a graph output or a multi-activation digital op via pass-through ops?"""
+    stack, seen = [value], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if id(current) in outputs:
+            return True
+        for user in current.uses:
+            if user.name == "xbar.unfold":
+                continue
+            if not _passes_through(user):
+                return True
+            stack.extend(user.results)
+    return False
+
+
+def build_problem(module: Module, target: Any) -> tuple[PlacementProblem, list[_Tile]]:
+    """The placement problem of a tiled module on ``target``, and the tile each index stands for."""
+    chip = target.chip
+    layers: list[str] = []
+    mvms: dict[str, list[Op]] = {}
+    for op in module.ops:
+        if op.name == "xbar.mvm":
+            layer = str(op.attr("layer"))
+            if layer not in mvms:
+                layers.append(layer)
+                mvms[layer] = []
+            mvms[layer].append(op)
+    assembles: dict[int, int] = {}
+    assemble_of: dict[str, Op] = {}
+    for op in module.ops:
+        if op.name == "xbar.assemble" and op.attr("layer") in mvms:
+            assembles[id(op)] = layers.index(op.attr("layer"))
+            assemble_of[op.attr("layer")] = op
+    outputs = {id(v) for v in module.outputs}
+    head_of: dict[int, Op] = {}
+    for op in module.ops:
+        if op.name == "xbar.accumulate":
+            first = op.operands[0]
+            assert first is not None and first.producer is not None
+            for value in op.operands:
+                if value is not None and value.producer is not None:
+                    head_of[id(value.producer)] = first.producer
+
+    traffic: list[LayerTraffic] = []
+    tiles: list[_Tile] = []
+    for index, layer in enumerate(layers):
+        ops = mvms[layer]
+        heads: dict[tuple[int, int], int] = {}
+        in_bytes, out_bytes, blocks = [], [], []
+        for op in ops:
+            replicas = int(op.attr("replicas", 1))
+            vectors = op.result.type.shape[0]
+            r0, r1 = op.attr("rows")
+            c0, c1 = op.attr("cols")
+            head = head_of.get(id(op), op)
+            for copy in range(replicas):
+                blocks.append(heads.setdefault((id(head), copy), len(heads)))
+                in_bytes.append(vectors * (r1 - r0) * BYTES_PER_ELEMENT / replicas)
+                out_bytes.append(vectors * (c1 - c0) * BYTES_PER_ELEMENT / replicas)
+                tiles.append(_Tile(op, copy))
+        source = ops[0].operands[0]
+        assert source is not None and source.producer is not None
+        unfold_input = source.producer.operands[0]
+        assert unfold_input is not None
+        src = _source_layer(unfold_input, assembles)
+        assemble = assemble_of.get(layer)
+        to_io = assemble is None or _reaches_io(assemble.result, outputs)
+        traffic.append(LayerTraffic(
+            layer, np.array(in_bytes, np.float64), np.array(out_bytes, np.float64), np.array(blocks, np.int64),
+            (src,), to_io,
+        ))
+    cores = np.array(chip.core_positions, np.int64).reshape(-1, 2)
+    problem = problem_from_layers(traffic, (chip.mesh_x, chip.mesh_y), cores, chip.arrays_per_core, chip.io)
+    return problem, tiles
+
+
+@register_pass
+@dataclass(frozen=True)
+class Place(Pass):
+    """Place array tiles on the chip's cores, minimising traffic × hops, with a proven lower bound."""
+
+    name: ClassVar[str] = "place"
+    solver: str = "auto"
+    time_limit: float = 10.0
+    workers: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if not self.time_limit > 0:
+            raise ValueError(f"time-limit must be > 0, got {self.time_limit}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+
+    def run(self, module: Module, ctx: PassContext) -> None:
+        target = ctx.target
+        if target is None or getattr(target, "chip", None) is None:
+            raise AfmcError("place needs a target with a chip")
+        problem, tiles = build_problem(module, target)
+        result = solve(problem, self.solver, time_limit=self.time_limit, workers=self.workers,
+                       seed=ctx.seed + self.seed)
+        k = problem.slots
+        core = result.assignment // k
+        xs = problem.cores[core, 0].tolist()
+        ys = problem.cores[core, 1].tolist()
+        slots = (result.assignment % k).tolist()
+        copies: dict[int, list[tuple[tuple[int, int], int]]] = {}
+        for index, tile in enumerate(tiles):
+            copies.setdefault(id(tile.op), []).append(((xs[index], ys[index]), slots[index]))
+        for tile in tiles:
+            if tile.copy:
+                continue
+            placed = copies[id(tile.op)]
+            if len(placed) == 1:
+                tile.op.set_attrs(core=placed[0][0], slot=placed[0][1])
+            else:
+                tile.op.set_attrs(core=tuple(c for c, _ in placed), slot=tuple(j for _, j in placed))
+        summary = {
+            "objective": _num(result.objective),
+            "lower_bound": _num(result.lower_bound),
+            "gap": _num(result.gap),
+            "solver": result.solver,
+            "status": result.status,
+            "seconds": round(result.seconds, 3),
+        }
+        module.attributes = module.attributes.replace(placement=summary)
+        report: dict[str, Any] = {
+            **summary, "baseline": _num(result.baseline), "curve": result.curve, "tiles": problem.n_tiles,
+            "mesh": [problem.mesh[0], problem.mesh[1]], "io": list(problem.io),
+        }
+        if 0 < problem.n_tiles <= REPORT_CORES_MAX:
+            layers: dict[str, list[list[int]]] = {}
+            for index, tile in enumerate(tiles):
+                layers.setdefault(str(tile.op.attr("layer")), []).append([xs[index], ys[index]])
+            report["layers"] = layers
+        ctx.report["placement"] = report
+
+
+def _num(value: float) -> float:
+    """A float rounded to 6 significant digits beyond the integer part (stable text in IR and JSON)."""
+    return float(round(value, 6))
+
+
+__all__ = ["Place", "build_problem"]

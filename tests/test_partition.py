@@ -1,0 +1,79 @@
+"""partition: every op gets a region and a reason; regions and crossings are counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from helpers import sample_path, sample_shapes
+from onnx import TensorProto, helper, numpy_helper
+
+from afmc.driver import compile_module
+from afmc.frontend import import_model, import_onnx
+from afmc.ir import parse_module, print_module
+from afmc.pipeline import PassContext, parse_pipeline
+from afmc.targets import load_target
+
+
+def partitioned(module, spec: str = "partition", target: str = "pcm"):  # type: ignore[no-untyped-def]
+    ctx = compile_module(module, load_target(target), passes=parse_pipeline(spec).instantiate()).context
+    return {op.loc: (op.attr("region"), op.attr("reason")) for op in module.ops if op.name != "nn.constant"}, ctx
+
+
+def model_with_depthwise_and_attention() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w_dw = numpy_helper.from_array(rng.standard_normal((16, 1, 3, 3)).astype(np.float32), "w_dw")
+    w_pw = numpy_helper.from_array(rng.standard_normal((32, 16, 1, 1)).astype(np.float32), "w_pw")
+    w_q = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w_q")
+    nodes = [
+        helper.make_node("Conv", ["x", "w_dw"], ["dw"], name="depthwise", group=16, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["dw", "w_pw"], ["pw"], name="pointwise"),
+        helper.make_node("Relu", ["pw"], ["r"], name="relu"),
+        helper.make_node("Reshape", ["r", "shape"], ["tokens"], name="to_tokens"),
+        helper.make_node("MatMul", ["tokens", "w_q"], ["q"], name="query"),
+        helper.make_node("Transpose", ["tokens"], ["kt"], name="keys_t", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 4, 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 64, 64])],
+        [w_dw, w_pw, w_q, numpy_helper.from_array(np.array([1, 64, 8], np.int64), "shape")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_reasons_for_every_kind_of_op() -> None:
+    module = import_model(model_with_depthwise_and_attention())
+    regions, ctx = partitioned(module, "partition{min-utilization=0.05}")
+    assert regions["pointwise"] == ("analog", "static-weight conv")
+    assert regions["query"] == ("analog", "static-weight matmul")
+    assert regions["scores"] == ("digital", "weights are activations")
+    assert regions["relu"] == ("digital", "no analog implementation (digital unit)")
+    assert regions["depthwise"][0] == "digital" and regions["depthwise"][1].startswith("too wasteful")
+    assert all(reason for _, reason in regions.values())
+    report = ctx.report["partition"]
+    assert report["analog_regions"] == 2
+    assert report["crossings"] == {"analog_to_digital": 2, "digital_to_analog": 2}
+
+
+def test_keep_digital_and_min_macs() -> None:
+    module = import_onnx(sample_path("mlp_digits"), sample_shapes("mlp_digits", 1))
+    regions, _ = partitioned(module, "partition{keep-digital=/fc1/* min-macs=1000}")
+    assert regions["/fc1/Gemm"] == ("digital", "pinned digital by keep-digital=/fc1/*")
+    assert regions["/fc3/Gemm"] == ("digital", "too small: 640 MACs < min-macs=1000")
+    assert regions["/fc2/Gemm"] == ("analog", "static-weight gemm")
+
+
+def test_partition_output_round_trips_and_carries_attributes() -> None:
+    module = import_onnx(sample_path("cnn_digits"), sample_shapes("cnn_digits", 1))
+    compile_module(module, load_target("pcm"), passes=parse_pipeline("canonicalize,fold-batchnorm,partition").instantiate())
+    text = print_module(module)
+    assert 'region = "analog"' in text and "region_id = 0" in text
+    assert print_module(parse_module(text)) == text
+
+
+def test_fold_batchnorm_removes_every_batchnorm_of_the_cnn() -> None:
+    module = import_onnx(sample_path("cnn_digits"), sample_shapes("cnn_digits", 1))
+    assert any(op.name == "nn.batch_normalization" for op in module.ops)
+    compile_module(module, None, passes=parse_pipeline("fold-batchnorm").instantiate())
+    assert not any(op.name == "nn.batch_normalization" for op in module.ops)
+    assert isinstance(PassContext().report, dict)
