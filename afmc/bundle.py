@@ -2,17 +2,25 @@
 ``ir.mlir`` and ``report.json`` in one directory (``docs/bundle-format.md``).
 
 Byte-identical for the same inputs and seed (sorted keys where order is not meaningful, fixed zip
-timestamps, no pickles), and atomic: everything is written to a temporary sibling directory that is
-renamed into place, so a failure or an interrupt never leaves a half bundle.
+timestamps, UTF-8 text, no pickles), and atomic: everything is written to a temporary sibling
+directory (``.NAME.XXXXXXXX``) that is renamed into place, so a failure or an interrupt (SIGINT,
+SIGTERM: see ``diagnostics.signals_deferred``) never leaves a half bundle or a staging directory,
+and an existing bundle replaced with ``force`` is swapped in one step, never lost.
+
+Test hook: ``AFMC_TEST_WRITE_DELAY=SECONDS`` sleeps that long after each file written to the
+staging directory, so that tests can interrupt ``afmc compile`` in the middle of a bundle write.
+Nothing else reads it.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,12 +29,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .diagnostics import signals_deferred
 from .errors import AfmcError, UsageError
 from .ir import dtypes
 from .ir.core import Module, Op, array_digest
 from .ir.parser import parse_module
 from .ir.printer import print_module
-from .ir.verify import verify
+from .ir.verify import format_bytes, max_tensor_bytes, verify
 from .report import to_json
 
 SCHEMA_VERSION = 1
@@ -112,8 +121,10 @@ def write_bundle(
     if path.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging: Path | None = None
     try:
+        with signals_deferred():  # a signal cannot fall between creating it and knowing its name
+            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         staging.chmod(0o755)
         array = getattr(target, "array", None)
         bits = array.bits_per_cell if array is not None else 8
@@ -124,27 +135,51 @@ def write_bundle(
             for op in tile_entries(module)
         }
         write_npz(staging / "arrays.npz", arrays)
+        _test_delay()
         write_npz(staging / "constants.npz", {c.name: c.data for c in module.constants.values() if c.data is not None})
+        _test_delay()
         write_npz(staging / "inputs.npz", dict(inputs or sample_inputs(module, int(extra.get("seed", 0)))))
-        (staging / "ir.mlir").write_text(print_module(module))
+        _test_delay()
+        (staging / "ir.mlir").write_text(print_module(module), encoding="utf-8")
+        _test_delay()
         manifest = build_manifest(module, target, report, extra)
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_plain) + "\n")
-        (staging / "report.json").write_text(to_json(report))
-        _swap_into_place(staging, path)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_plain) + "\n", encoding="utf-8")
+        _test_delay()
+        (staging / "report.json").write_text(to_json(report), encoding="utf-8")
+        _test_delay()
+        with signals_deferred():  # the bundle is committed, or not: never a signal in between
+            _swap_into_place(staging, path)
+            staging = None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            with signals_deferred():
+                shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
+def _test_delay() -> None:
+    """The ``AFMC_TEST_WRITE_DELAY`` test hook (see the module docstring)."""
+    delay = os.environ.get("AFMC_TEST_WRITE_DELAY")
+    if delay:
+        time.sleep(float(delay))
+
+
 def _swap_into_place(staging: Path, path: Path) -> None:
-    """Rename ``staging`` to ``path``; an existing ``path`` (with --force) is moved aside first."""
-    if path.exists():
-        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+    """Rename ``staging`` to ``path``; an existing ``path`` (with --force) is moved aside first and
+    put back if the rename fails, then removed. Callers hold signals (``signals_deferred``)."""
+    if not path.exists() and not path.is_symlink():
+        os.replace(staging, path)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+    try:
         os.replace(path, aside / "old")
-        os.replace(staging, path)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            os.replace(aside / "old", path)
+            raise
+    finally:
         shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(staging, path)
 
 
 def sample_inputs(module: Module, seed: int) -> dict[str, np.ndarray]:
@@ -161,11 +196,35 @@ def sample_inputs(module: Module, seed: int) -> dict[str, np.ndarray]:
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz``, each header checked before its data is read: no Python objects
+    (pickles), no array over the tensor size limit (``$AFMC_MAX_TENSOR_BYTES``)."""
+    limit = max_tensor_bytes()
+    arrays: dict[str, np.ndarray] = {}
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except (OSError, ValueError) as exc:
-        raise AfmcError(f"cannot read: {exc}", file=str(path)) from None
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(member)
+                if dtype.hasobject:
+                    raise AfmcError(f"array '{name}' holds Python objects; afmc never reads pickles", file=str(path))
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes > limit:
+                    raise AfmcError(
+                        f"array '{name}' is {format_bytes(nbytes)} {list(shape)}, over the {format_bytes(limit)} "
+                        "limit for one tensor", file=str(path),
+                    )
+                with archive.open(info) as member:
+                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+    except AfmcError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise AfmcError(f"cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=str(path)) from None
+    return arrays
 
 
 def load_bundle(path: str | Path) -> tuple[Module, dict[str, Any], dict[str, np.ndarray]]:
@@ -175,10 +234,12 @@ def load_bundle(path: str | Path) -> tuple[Module, dict[str, Any], dict[str, np.
     if not (path / "manifest.json").is_file():
         raise AfmcError("not an afmc bundle (no manifest.json)", file=str(path))
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
-        text = (path / "ir.mlir").read_text()
-    except (OSError, ValueError) as exc:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        text = (path / "ir.mlir").read_text(encoding="utf-8")
+    except (OSError, ValueError, RecursionError) as exc:
         raise AfmcError(f"cannot read bundle: {exc}", file=str(path)) from None
+    if not isinstance(manifest, dict):
+        raise AfmcError("manifest.json is not a JSON object", file=str(path))
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise AfmcError(f"bundle schema {manifest.get('schema_version')} is not {SCHEMA_VERSION}", file=str(path))
     module = parse_module(text, file=str(path / "ir.mlir"))

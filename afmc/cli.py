@@ -12,7 +12,15 @@ from typing import Any
 import click
 
 from . import __version__
-from .diagnostics import configure_logging, report_error
+from .diagnostics import (
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    Terminated,
+    configure_logging,
+    report_error,
+    signals_deferred,
+    terminate_on_sigterm,
+)
 from .errors import AfmcError, UsageError
 from .ir.printer import print_module
 from .pipeline import Instrumentation
@@ -38,17 +46,28 @@ def parse_input_shapes(specs: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
 
 
 def write_text_atomically(path: Path, text: str, force: bool) -> None:
-    """Write through a temporary file in the same folder and rename: never a half-written file."""
+    """Write through a temporary file in the same folder and rename: never a half-written file,
+    and an existing file is replaced (with ``force``) in one step or not at all. A signal during
+    the write removes the temporary file (``signals_deferred`` guards its creation and rename)."""
     if path.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp: str | None = None
     try:
-        with os.fdopen(fd, "w") as handle:
+        with signals_deferred():
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
-        os.replace(tmp, path)
+            umask = os.umask(0o022)
+            os.umask(umask)
+            os.fchmod(handle.fileno(), 0o666 & ~umask)  # mkstemp makes it 0600; a plain file it is
+        with signals_deferred():
+            os.replace(tmp, path)
+            tmp = None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            with signals_deferred():
+                Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -249,22 +268,30 @@ _add_plugin_commands()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the CLI and maps every failure to one line and an exit code."""
+    """Entry point: runs the CLI and maps every failure to one line and an exit code.
+
+    SIGINT exits 130 and SIGTERM 143. Both raise an exception through the running command first,
+    so that partial output is removed on the way out (``diagnostics.signals_deferred``).
+    """
     try:
-        code = cli.main(args=argv, prog_name="afmc", standalone_mode=False)
+        with terminate_on_sigterm():
+            code = cli.main(args=argv, prog_name="afmc", standalone_mode=False)
         if isinstance(code, int):  # click returns an Exit's code instead of raising it here
             return code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort:  # click's wrapping of KeyboardInterrupt (and EOF at a prompt)
         print("afmc: error: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
     except click.ClickException as exc:
         print(f"afmc: error: {exc.format_message()}".replace("\n", " "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("afmc: error: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
+    except Terminated:
+        print("afmc: error: terminated", file=sys.stderr)
+        return EXIT_SIGTERM
     except AfmcError as exc:
         return report_error(exc)
     except Exception as exc:  # noqa: BLE001  (last line of defence: one line, exit 1)
@@ -273,4 +300,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a second Ctrl-C while the first was being reported
+        code = EXIT_SIGINT
+    except Terminated:
+        code = EXIT_SIGTERM
+    sys.exit(code)

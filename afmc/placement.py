@@ -76,6 +76,7 @@ units (``WORK_PER_SECOND`` ≈ one second on the reference machine). A wall-cloc
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import deque
@@ -103,9 +104,12 @@ CPSAT_MAX_PAIRS = 5000
 WORK_PER_SECOND = 1.2e7
 #: Annealing stops after this many proposals per tile even when time is left.
 MOVES_PER_TILE = 1000
-#: After annealing, ``auto`` gives CP-SAT at most CPSAT_BASE + CPSAT_PER_TILE·n deterministic seconds.
+#: ``auto`` skips annealing when the constructive placement is already this close to the bound
+#: (annealing could gain at most that much): CP-SAT alone tries to close the gap on small problems.
+NEAR_OPTIMAL_GAP = 0.01
+#: ``auto`` gives CP-SAT at most CPSAT_BASE + CPSAT_PER_TILE·n deterministic seconds.
 CPSAT_BASE = 0.2
-CPSAT_PER_TILE = 0.01
+CPSAT_PER_TILE = 0.005
 #: Fixed work units per annealing batch (the numpy call overhead, ~0.25 ms).
 BATCH_OVERHEAD = 3000.0
 
@@ -522,7 +526,7 @@ def ring(w: int, h: int, cells: int) -> np.ndarray:
                 largest = option
             if option[0] >= cells and (best is None or option[0] < best[0]):
                 best = option
-    size, c, t = best or largest  # type: ignore[misc]
+    _, c, t = best or largest  # type: ignore[misc]
     seq = [(0, y) for y in range(h)]
     for col in range(1, c + 1):
         rows = range(h - 1, 0, -1) if col % 2 else range(1, h)
@@ -734,7 +738,7 @@ def anneal(
     for it in range(total_batches):
         # -- propose ---------------------------------------------------------------------------
         u = rng.integers(0, n, batch)
-        ri = max(1, int(round(r)))
+        ri = max(1, round(r))
         dx = rng.integers(-ri, ri + 1, batch)
         dy = rng.integers(-ri, ri + 1, batch)
         j = rng.integers(0, k, batch)
@@ -966,7 +970,7 @@ def cpsat(
         if len(nodes) <= k:
             continue
         steps = []
-        for a, b in zip(nodes, nodes[1:]):
+        for a, b in itertools.pairwise(nodes):
             dx, dy = pair_vars[(a, b) if a < b else (b, a)]
             steps.append(dx + dy)
         for i in range(len(steps) - k + 1):
@@ -1064,9 +1068,12 @@ def solve(
     n = problem.n_tiles
     chosen = solver
     if solver == "auto":
-        if n == 0 or baseline <= bound * (1 + 1e-12) or n == 1:
+        small = n <= AUTO_CPSAT_MAX and _cpsat_pairs(problem) <= CPSAT_MAX_PAIRS
+        if n <= 1 or baseline <= bound * (1 + 1e-12):
             chosen = "constructive"
-        elif n <= AUTO_CPSAT_MAX and _cpsat_pairs(problem) <= CPSAT_MAX_PAIRS:
+        elif baseline - bound <= NEAR_OPTIMAL_GAP * baseline:
+            chosen = "cpsat" if small else "constructive"
+        elif small:
             chosen = "anneal+cpsat"
         elif n <= AUTO_ANNEAL_MAX:
             chosen = "anneal"
@@ -1083,7 +1090,7 @@ def solve(
         det += stats.seconds
     if chosen in ("cpsat", "anneal+cpsat"):
         remaining = max(time_limit - det, 0.1)
-        if chosen == "anneal+cpsat":
+        if solver == "auto":
             remaining = min(remaining, CPSAT_BASE + CPSAT_PER_TILE * n)
         result = cpsat(problem, assignment, time_limit=remaining, workers=workers, seed=seed, bound=bound,
                        wall_cap=cap)

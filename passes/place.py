@@ -13,6 +13,10 @@ docstring of ``afmc.placement``), solves it, and writes the answer as printed at
 - ``ctx.report["placement"]`` holds the same plus the constructive baseline, the mesh, and for
   models of at most `REPORT_CORES_MAX` tiles the cores of each layer.
 
+A model with more tiles than the chip has slots is left unplaced (``ctx.report["placement"]``
+says ``does_not_fit``): the fit report names the layers that do not fit and the driver raises
+`DoesNotFit` from it. `afmc.placement.solve` itself raises `DoesNotFit` on such a problem.
+
 Options: ``solver`` (auto | constructive | cpsat | anneal | hierarchical), ``time-limit``
 (deterministic seconds), ``workers`` (CP-SAT threads; 1 keeps results byte-identical), ``seed``
 (added to the compile seed). The same inputs give the same placement, byte for byte.
@@ -168,6 +172,11 @@ class Place(Pass):
         if target is None or getattr(target, "chip", None) is None:
             raise AfmcError("place needs a target with a chip")
         problem, tiles = build_problem(module, target)
+        if problem.n_tiles > problem.capacity:
+            # The fit report (built after the pipeline) names the layers that do not fit and the
+            # driver raises DoesNotFit from it; raising here would hide that report from `check`.
+            ctx.report["placement"] = {"status": "does_not_fit", "tiles": problem.n_tiles, "slots": problem.capacity}
+            return
         result = solve(problem, self.solver, time_limit=self.time_limit, workers=self.workers,
                        seed=ctx.seed + self.seed)
         k = problem.slots

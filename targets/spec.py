@@ -14,10 +14,10 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from afmc.errors import TargetError
@@ -87,7 +87,10 @@ def _kind(raw: object) -> str:
 
 def _show(raw: object) -> str:
     """A raw value for a message, cut short so the error stays one readable line."""
-    text = repr(raw)
+    try:
+        text = repr(raw)
+    except (ValueError, RecursionError):  # an integer of thousands of digits, a deeply nested array
+        return f"(a {_kind(raw)} too large to show)"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -138,7 +141,7 @@ class Int(Rule):
         if isinstance(raw, bool) or not isinstance(raw, int):
             raise at.error(f"expected an integer, got {_kind(raw)} {_show(raw)}")
         if not self.lo <= raw <= self.hi:
-            raise at.error(f"must be in {self.lo}..{self.hi}, got {raw}")
+            raise at.error(f"must be in {self.lo}..{self.hi}, got {_show(raw)}")
         return raw
 
     def describe(self) -> str:
@@ -156,11 +159,14 @@ class Float(Rule):
     def load(self, raw: object, at: _At) -> float:
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
             raise at.error(f"expected a number, got {_kind(raw)} {_show(raw)}")
-        value = float(raw)
+        try:
+            value = float(raw)
+        except OverflowError:  # an integer beyond any float
+            value = math.copysign(math.inf, raw)
         if not math.isfinite(value):
-            raise at.error(f"must be finite, got {raw}")
+            raise at.error(f"must be finite, got {_show(raw)}")
         if value < self.lo or value > self.hi or (self.positive and value == self.lo):
-            raise at.error(f"must be {self._bounds()}, got {raw}")
+            raise at.error(f"must be {self._bounds()}, got {_show(raw)}")
         return value
 
     def _bounds(self) -> str:
@@ -790,23 +796,45 @@ def from_dict(data: Mapping[str, Any], source: str | None = None) -> TargetSpec:
     return _build(TargetSpec, data, _At("", source))
 
 
+#: A target file is a few KiB; anything larger than this is refused unread (``/dev/zero`` never ends).
+MAX_TARGET_FILE_BYTES = 1 << 20
+
+
 def from_toml_text(text: str, source: str | None = None) -> TargetSpec:
     """Parse and validate TOML text; syntax errors name the source and the line."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"invalid TOML: {exc}", file=source) from None
+    except ValueError as exc:  # tomllib converts integers with int(): more than 4300 digits fail
+        raise TargetError(f"invalid TOML: {exc}", file=source) from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise TargetError("invalid TOML: arrays or inline tables nested too deeply", file=source) from None
     return from_dict(data, source)
 
 
 def from_toml(path: str | os.PathLike[str]) -> TargetSpec:
-    """Read a target file."""
+    """Read a target file: a regular file of at most ``MAX_TARGET_FILE_BYTES``, UTF-8."""
+    source = os.fspath(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise TargetError("cannot read target file: not a regular file", file=source)
+            data = handle.read(MAX_TARGET_FILE_BYTES + 1)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL character in the path
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise TargetError(f"cannot read target file: {why}", file=str(path)) from None
-    return from_toml_text(text, str(path))
+        raise TargetError(f"cannot read target file: {why}", file=source) from None
+    if len(data) > MAX_TARGET_FILE_BYTES:
+        raise TargetError(
+            f"larger than {MAX_TARGET_FILE_BYTES >> 10} KiB; not a target file", file=source
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TargetError(f"cannot read target file: not UTF-8 text ({exc.reason} at byte {exc.start})", file=source) from None
+    return from_toml_text(text, source)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ from ..interp import evaluate_op
 from ..ir import dtypes
 from ..ir.core import Module, Op, TensorType, Value
 from ..ir.nn import ONNX_TO_NN, OPSET
+from ..ir.verify import max_tensor_bytes as configured_max_tensor_bytes
 from .loader import (
-    MAX_TENSOR_BYTES,
     TensorReader,
     check_model_path,
     check_model_proto,
@@ -79,19 +79,22 @@ def import_onnx(
     path: str | os.PathLike[str],
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     *,
-    max_tensor_bytes: int = MAX_TENSOR_BYTES,
+    max_tensor_bytes: int | None = None,
     fold_max_bytes: int = FOLD_MAX_BYTES,
 ) -> Module:
     """Import the ONNX file at ``path``; external data is memory-mapped from the file's folder.
 
     ``input_shapes`` gives the full static shape of inputs with dynamic dimensions. Every
     expected failure raises ``FrontendError`` (``UnsupportedError`` for unsupported ops).
+    ``max_tensor_bytes`` bounds every tensor, declared or computed (default: ``$AFMC_MAX_TENSOR_BYTES``,
+    else ``MAX_TENSOR_BYTES``); a larger one is refused by name and size before it is allocated.
     """
     file = os.fspath(path)
+    limit = max_tensor_bytes if max_tensor_bytes is not None else configured_max_tensor_bytes()
 
     def run() -> Module:
         model, carved = load_skeleton(file)
-        reader = TensorReader(os.path.dirname(os.path.abspath(file)), file, max_tensor_bytes)
+        reader = TensorReader(os.path.dirname(os.path.abspath(file)), file, limit)
         # A carved skeleton is small and complete: check it in memory rather than have the
         # checker parse the whole file (weights included) again.
         check: Callable[[onnx.ModelProto], None] = (
@@ -107,13 +110,15 @@ def import_model(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     base_dir: str | None = None,
     *,
-    max_tensor_bytes: int = MAX_TENSOR_BYTES,
+    max_tensor_bytes: int | None = None,
     fold_max_bytes: int = FOLD_MAX_BYTES,
 ) -> Module:
     """Import an in-memory model; ``base_dir`` is where its external data files live, if any."""
+    limit = max_tensor_bytes if max_tensor_bytes is not None else configured_max_tensor_bytes()
+
     def run() -> Module:
         check_structure(model, None)
-        reader = TensorReader(base_dir, None, max_tensor_bytes)
+        reader = TensorReader(base_dir, None, limit)
         return _import(model, input_shapes, reader, lambda m: check_model_proto(m, None), fold_max_bytes)
 
     return _guarded(None, run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,20 +22,15 @@ from onnx import TensorProto
 
 from ..errors import FrontendError, UnsupportedError
 from ..ir import dtypes
+from ..ir.verify import DEFAULT_MAX_TENSOR_BYTES, format_bytes
+from ..ir.verify import max_tensor_bytes as configured_max_tensor_bytes
 
-#: The largest single tensor (initializer, constant, intermediate) afmc accepts: 4 GiB.
-MAX_TENSOR_BYTES = 4 << 30
+#: The largest single tensor (initializer, constant, intermediate) afmc accepts by default: 4 GiB.
+#: ``$AFMC_MAX_TENSOR_BYTES`` overrides it (``afmc.ir.verify.max_tensor_bytes``).
+MAX_TENSOR_BYTES = DEFAULT_MAX_TENSOR_BYTES
 
 #: protobuf cannot serialise more than this; in-memory checking is impossible above it.
 _PROTOBUF_LIMIT = (2 << 30) - 1
-
-
-def format_bytes(n: int) -> str:
-    """``1.5 GiB`` style sizes for messages."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f} {unit}"
-    return f"{n} B"
 
 
 def first_line(exc: BaseException) -> str:
@@ -311,6 +307,25 @@ def tensor_nbytes(tensor: TensorProto, name: str) -> int:
     return math.prod(int(d) for d in tensor.dims) * itemsize
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _shown_path(location: str) -> str:
+    """A location for a message: control characters escaped, cut to a readable length."""
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], location)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _external_int(text: str | None) -> int | None:
+    """An external-data offset or length (None when absent): decimal digits only, as onnx writes
+    them (``int`` would also take ' 1_0' or a thousand-digit number)."""
+    if text is None or text == "":
+        return None
+    if not text.isascii() or not text.lstrip("-").isdigit() or len(text) > 20:
+        raise ValueError(text)
+    return int(text)
+
+
 class TensorReader:
     """Turns TensorProtos into numpy arrays: external data memory-mapped, sizes checked first.
 
@@ -318,12 +333,13 @@ class TensorReader:
     file, not per tensor); arrays are zero-copy views that keep the mapping alive.
     """
 
-    def __init__(self, base_dir: str | None, file: str | None, max_tensor_bytes: int = MAX_TENSOR_BYTES) -> None:
+    def __init__(self, base_dir: str | None, file: str | None, max_tensor_bytes: int | None = None) -> None:
         self.base_dir = base_dir
         self.file = file
         # carved embedded weights refer to the model file itself by its base name
         self._self_name = os.path.basename(file) if file else None
-        self.max_tensor_bytes = max_tensor_bytes
+        # None: the configured limit ($AFMC_MAX_TENSOR_BYTES, else MAX_TENSOR_BYTES)
+        self.max_tensor_bytes = configured_max_tensor_bytes() if max_tensor_bytes is None else max_tensor_bytes
         self._maps: dict[str, mmap.mmap] = {}
 
     def error(self, message: str, node: str | None = None) -> FrontendError:
@@ -382,40 +398,46 @@ class TensorReader:
         location = info.get("location", "")
         if not location:
             raise self.error(f"tensor '{name}' has external data without a location")
+        shown = _shown_path(location)
         if self.base_dir is None:
             raise self.error(
-                f"tensor '{name}' keeps its data in external file '{location}'; give the model's folder (base_dir)"
+                f"tensor '{name}' keeps its data in external file '{shown}'; give the model's folder (base_dir)"
             )
+        if "\0" in location:
+            raise self.error(f"tensor '{name}': external data location '{shown}' contains a NUL character")
         if os.path.isabs(location) or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
-            raise self.error(f"tensor '{name}': external data location '{location}' is an absolute path; "
+            raise self.error(f"tensor '{name}': external data location '{shown}' is an absolute path; "
                              "it must be relative to the model's folder")
-        base = os.path.realpath(self.base_dir)
-        path = os.path.realpath(os.path.join(base, location))
-        if location == self._self_name and self.file is not None:
-            path = os.path.realpath(self.file)  # the model file itself (carved weights), maybe a symlink
-        elif os.path.commonpath([base, path]) != base:
-            raise self.error(f"tensor '{name}': external data location '{location}' points outside the model's folder")
-        if not os.path.exists(path):
-            raise self.error(f"tensor '{name}': external data file '{location}' does not exist")
-        if not os.path.isfile(path):
-            raise self.error(f"tensor '{name}': external data file '{location}' is not a regular file")
         try:
-            offset = int(info.get("offset", 0) or 0)
-            length = int(info["length"]) if info.get("length") not in (None, "") else None
+            base = os.path.realpath(self.base_dir)
+            path = os.path.realpath(os.path.join(base, location))
+            if location == self._self_name and self.file is not None:
+                path = os.path.realpath(self.file)  # the model file itself (carved weights), maybe a symlink
+            elif os.path.commonpath([base, path]) != base:
+                raise self.error(f"tensor '{name}': external data location '{shown}' points outside the model's folder")
+            if not os.path.exists(path):
+                raise self.error(f"tensor '{name}': external data file '{shown}' does not exist")
+            if not os.path.isfile(path):
+                raise self.error(f"tensor '{name}': external data file '{shown}' is not a regular file")
+            size = os.path.getsize(path)
+        except (OSError, ValueError) as exc:  # a name too long, a loop of links, a race with a deletion
+            raise self.error(f"tensor '{name}': external data location '{shown}' cannot be used: {exc}") from None
+        try:
+            offset = _external_int(info.get("offset")) or 0
+            length = _external_int(info.get("length"))
         except ValueError:
             raise self.error(f"tensor '{name}': external data offset/length are not integers") from None
         nbytes = tensor_nbytes(tensor, name)
-        size = os.path.getsize(path)
         if offset < 0 or (length is not None and length < 0):
             raise self.error(f"tensor '{name}': negative external data offset or length")
         if length is not None and length != nbytes:
             raise self.error(
-                f"tensor '{name}' has {length} bytes of data in '{location}'; its type "
+                f"tensor '{name}' has {length} bytes of data in '{shown}'; its type "
                 f"({list(tensor.dims)}, {tensor_dtype(tensor, name)}) needs {nbytes}"
             )
         if offset + nbytes > size:
             raise self.error(
-                f"tensor '{name}' needs bytes {offset}..{offset + nbytes} of '{location}', "
+                f"tensor '{name}' needs bytes {offset}..{offset + nbytes} of '{shown}', "
                 f"which has only {size} bytes (truncated?)"
             )
         return path, offset, nbytes

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import ParseError
 from . import dtypes
 from .core import Attrs, Constant, Module, Op, SymbolRef, TensorType, Value
+from .verify import MAX_TENSOR_BYTES_ENV, format_bytes, max_tensor_bytes
 
 _TOKEN = re.compile(
     r"""
@@ -79,12 +80,9 @@ def _string(text: str) -> str:
     """A quoted string token's value; ``ValueError`` when it is not a valid JSON string (a raw
     control character or a bad escape, which the tokenizer's pattern lets through)."""
     try:
-        value = json.loads(text)
+        return str(json.loads(text))
     except json.JSONDecodeError as exc:
         raise ValueError(f"malformed string {_clip(text)}: {exc.msg}") from None
-    if not isinstance(value, str):
-        raise ValueError(f"malformed string {_clip(text)}")
-    return value
 
 
 def _clip(text: str, limit: int = 40) -> str:
@@ -98,6 +96,8 @@ class Parser:
         self.tokens = tokenize(text, file)
         self.index = 0
         self.values: dict[str, Value] = {}
+        self.max_bytes = max_tensor_bytes()
+        self.depth = 0
 
     # -- token helpers ---------------------------------------------------------------------
     @property
@@ -151,6 +151,16 @@ class Parser:
         except ValueError as exc:
             raise self.error(str(exc), token) from None
 
+    def declared(self, what: str, type: TensorType, token: Token) -> TensorType:
+        """``type`` of a declared value or constant, refused above the tensor size limit."""
+        if type.is_static and type.nbytes > self.max_bytes:
+            raise self.error(
+                f"{what} is {format_bytes(type.nbytes)} ({type}), over the {format_bytes(self.max_bytes)} "
+                f"limit for one tensor (${MAX_TENSOR_BYTES_ENV})",
+                token,
+            )
+        return type
+
     # -- grammar ---------------------------------------------------------------------------
     def module(self) -> Module:
         self.expect("module")
@@ -166,9 +176,11 @@ class Parser:
         self.expect("graph")
         self.expect("(")
         while self.peek.text != ")":
-            name = self.unquote(self.expect_kind("value"))
+            token = self.expect_kind("value")
+            name = self.unquote(token)
             self.expect(":")
-            self.define(name, module.add_input(name, self.type()) if name not in self.values else None)
+            type = self.declared(f"input %{name}", self.type(), token)
+            self.define(name, module.add_input(name, type) if name not in self.values else None)
             if not self.accept(","):
                 break
         self.expect(")")
@@ -200,9 +212,10 @@ class Parser:
 
     def constant(self) -> Constant:
         self.expect("const")
-        name = self.unquote(self.expect_kind("symbol"))
+        token = self.expect_kind("symbol")
+        name = self.unquote(token)
         self.expect(":")
-        type = self.type()
+        type = self.declared(f"constant @{name}", self.type(), token)
         self.expect("=")
         kind = self.expect_kind("ident")
         if kind.text == "dense":
@@ -279,6 +292,7 @@ class Parser:
             self.expect(")")
         results = []
         for name, type in zip(names, types):
+            self.declared(f"value %{name}", type, name_token)
             if name in self.values:
                 raise self.error(f"value %{name} is defined twice")
             module.claim_name(name)
@@ -307,6 +321,15 @@ class Parser:
         return Attrs(items)
 
     def attr_value(self) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise self.error(f"attribute nested more than {MAX_NESTING} levels deep")
+            return self._attr_value()
+        finally:
+            self.depth -= 1
+
+    def _attr_value(self) -> Any:
         token = self.peek
         if token.text == "[":
             self.next()
@@ -344,6 +367,10 @@ class Parser:
             self.expect(":")
             return self.dense_array(items, self.type(), token)
         raise self.error(f"expected an attribute value, found {token.text or 'end of file'!r}", token)
+
+
+#: Attribute values nest (arrays of arrays, dictionaries) at most this deep.
+MAX_NESTING = 64
 
 
 def parse_module(text: str, file: str | None = None) -> Module:

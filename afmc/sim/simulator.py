@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,9 @@ from ..interp.interpreter import Interpreter
 from ..interp.ops.xbar import UNFOLDERS
 from ..ir.core import Module, Op, Value
 from .devices import DeviceModel, Effects, full_scale_levels, make_device, target_conductances
-from .periphery import IR_DROP_G_RATIO, Adc, Dac, abs_max_scale, ir_drop_coefficient, ir_drop_factors
+from .periphery import (
+    IR_DROP_G_RATIO, Adc, Dac, abs_max_scale, gaussian_noise, ir_drop_coefficient, ir_drop_factors,
+)
 
 __all__ = ["NON_IDEALITIES", "AnalogLayer", "AnalogSimulator", "SimOptions"]
 
@@ -208,8 +211,10 @@ class AnalogLayer:
         # Non-ideal state (set by `program` / `set_time`).
         self.programmed: Any = None
         self.weights: np.ndarray | None = None  # (B, replicas, R, C) in level units (w · L)
-        self.abs_weights: np.ndarray | None = None
-        self.ir_weights: np.ndarray | None = None  # f_j · w, for the IR-drop sum
+        self.ir_stack: np.ndarray | None = None  # [w | f·w] along columns, for IR drop
+        self.abs_weights: np.ndarray | None = None  # |w|, or its rank-k sketch below
+        self.abs_basis: np.ndarray | None = None
+        self.abs_coeffs: np.ndarray | None = None
         self.read_sigma = 0.0  # per-read weight noise, normalised units, per cell
 
     # -- inputs ------------------------------------------------------------------------------------
@@ -257,25 +262,43 @@ class AnalogLayer:
         self._set_ir(ir_drop)
 
     def _set_ir(self, ir_drop: bool) -> None:
+        """IR drop needs Σ w·a·f and Σ |w||a| besides Σ w·a. The first comes from the stack [w | f·w]
+        (one product of twice the columns). The second only sets the small coefficient c(a), so it
+        uses |W| ≈ Q·(Qᵀ|W|), a rank-32 range sketch (fixed seed, one power iteration): |W| ≥ 0 is
+        dominated by its mean, and the sketch holds Σ|w||a| to ~6 % on random 256×256 weights, i.e.
+        the drop itself to ~6 % (tested); arrays with at most 64 rows or columns use |W| itself."""
+        self.abs_weights = self.ir_stack = self.abs_basis = self.abs_coeffs = None
         if not ir_drop or self.weights is None:
-            self.abs_weights = self.ir_weights = None
             return
         f = ir_drop_factors(self.rows_used, self.rows)  # (B, R)
-        self.abs_weights = np.abs(self.weights)
-        self.ir_weights = self.weights * f[:, None, :, None]
+        self.ir_stack = np.concatenate([self.weights, self.weights * f[:, None, :, None]], axis=-1)
+        magnitude = np.abs(self.weights)
+        if min(self.rows, self.phys_width) <= 2 * IR_SKETCH_RANK:
+            self.abs_weights = magnitude
+            return
+        probe = np.random.default_rng(0).standard_normal((self.phys_width, IR_SKETCH_RANK)).astype(F32)
+        basis = np.linalg.qr(magnitude @ probe)[0]
+        basis = np.linalg.qr(magnitude @ (np.swapaxes(magnitude, -1, -2) @ basis))[0]
+        self.abs_basis = np.ascontiguousarray(basis, F32)  # (B, replicas, R, rank)
+        self.abs_coeffs = np.ascontiguousarray(np.swapaxes(basis, -1, -2) @ magnitude, F32)  # (B, replicas, rank, C)
 
-    # -- the reads ---------------------------------------------------------------------------------
-    def matmul(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """(B, M, R) @ (B, replicas, R, C): replica k serves the k-th contiguous share of the M vectors."""
-        k = w.shape[1]
-        if k == 1:
-            return np.matmul(x, w[:, 0])
-        m = x.shape[1]
+    def abs_current(self, magnitude: np.ndarray, replica: int) -> np.ndarray:
+        """Σ_j |w_ij|·|a_j| (level units) for inputs ``magnitude`` = |d| of shape (B, m, R)."""
+        if self.abs_weights is not None:
+            return np.matmul(magnitude, self.abs_weights[:, replica])
+        assert self.abs_basis is not None and self.abs_coeffs is not None
+        return np.matmul(np.matmul(magnitude, self.abs_basis[:, replica]), self.abs_coeffs[:, replica])
+
+    def replica_spans(self, m: int, chunk: int) -> list[tuple[int, int, int]]:
+        """(replica, start, stop) row ranges of at most ``chunk`` rows: replica k serves the k-th
+        contiguous share of the M vectors (ceil(M / replicas) each)."""
+        k = 1 if self.weights is None else self.weights.shape[1]
         share = -(-m // k)
-        padded = np.zeros((x.shape[0], share * k, x.shape[2]), x.dtype)
-        padded[:, :m] = x
-        y = np.matmul(padded.reshape(x.shape[0], k, share, x.shape[2]), w)
-        return y.reshape(x.shape[0], share * k, -1)[:, :m]
+        spans = []
+        for replica in range(k):
+            lo, hi = replica * share, min((replica + 1) * share, m)
+            spans += [(replica, a, min(a + chunk, hi)) for a in range(lo, hi, chunk)]
+        return spans
 
 
 class AnalogSimulator(Interpreter):
@@ -297,7 +320,8 @@ class AnalogSimulator(Interpreter):
         self._samples = np.random.SeedSequence(options.seed).spawn(options.samples)
         self.sample: int | None = None
         self.time: float | None = None
-        self._noise: np.random.Generator | None = None
+        self._noise_seq: np.random.SeedSequence | None = None
+        self._calls = 0
         for layer in self.layers:
             if layer.input_slices != len(self.dac.phases) and options.dac and not options.ideal:
                 raise AfmcError(f"layer {layer.name}: {layer.input_slices} input slices, but the target's DAC has "
@@ -356,7 +380,8 @@ class AnalogSimulator(Interpreter):
             else:
                 layer.set_exact(ir)
         self.time = t
-        self._noise = np.random.Generator(np.random.PCG64(_child(seq, 2, key)))
+        self._noise_seq = _child(seq, 2, key)
+        self._calls = 0
 
     # -- interpretation ---------------------------------------------------------------------------
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -375,6 +400,8 @@ class AnalogSimulator(Interpreter):
                 self._pending.update(self.forward(layer, args[0]))
                 result = self._pending.pop(id(op))
             return [result]
+        if op.name in CHUNKED_ELEMENTWISE and args[0] is not None and np.size(args[0]) > _CHUNK_ELEMENTS:
+            return [_chunked(lambda part: super(AnalogSimulator, self).run_op(op, [part])[0], args[0])]
         if op.name == "xbar.unfold":  # the ideal impl in float32: the same values, without float64 copies
             assert args[0] is not None
             rows = UNFOLDERS[op.attr("kind")](op, np.asarray(args[0], F32))
@@ -389,45 +416,111 @@ class AnalogSimulator(Interpreter):
         return layer.split(self._read(layer, x))
 
     def _read(self, layer: AnalogLayer, x: np.ndarray) -> np.ndarray:
-        options, dac, adc = self.options, self.dac, self.adc
-        assert layer.weights is not None and self._noise is not None
+        """The non-ideal reads of one layer: (B, M, R) inputs → (B, M, width) level-domain results.
+
+        Per input phase, one batched product over the whole layer (BLAS uses every core); the
+        element-wise converter steps then run over chunks of vectors small enough to stay in cache,
+        on a thread pool (numpy releases the GIL). Each chunk draws its noise from its own
+        generator, keyed by (call, phase, chunk), so results do not depend on scheduling."""
+        options = self.options
+        assert layer.weights is not None and self._noise_seq is not None
         s = abs_max_scale(x) if options.noise_management == "abs_max" else np.ones(x.shape[:2] + (1,), F32)
-        q = dac.normalise(x, s)
-        exact = not self.device_effects
-        full_scale = layer.full_scale[:, None, :]  # (B, 1, C)
-        total: np.ndarray | None = None
-        for phase in dac.phases:
-            d = dac.digit(q, phase)
-            weights = layer.weights
-            if exact and layer.exact_dtype is not F32:  # type: ignore[attr-defined]
-                acc = layer.matmul(d.astype(np.float64), weights.astype(np.float64))
-            else:
-                acc = layer.matmul(d, weights)
-            to_codes = (phase.unit / (full_scale * adc.step)).astype(F32)  # normalised / step_out per level unit
-            y = np.multiply(acc, to_codes, dtype=F32)
-            if layer.ir_weights is not None:
-                signed = layer.matmul(d, layer.ir_weights)
-                magnitude = layer.matmul(np.abs(d), layer.abs_weights)
-                magnitude *= (phase.unit / full_scale).astype(F32)  # Σ|w||a| in normalised units
-                c = ir_drop_coefficient(magnitude, layer.rows_used, options.ir_drop_g_ratio)
-                c *= F32(options.ir_drop)
-                c *= signed
-                c *= to_codes
-                y -= c
+        q = self.dac.normalise(x, s)
+        blocks, vectors = x.shape[:2]
+        out = np.empty((blocks, vectors, layer.width), F32)
+        spans = layer.replica_spans(vectors, vectors)
+        ir = layer.ir_stack is not None
+        rows = max(8, _CHUNK_ELEMENTS // max(1, blocks * layer.phys_width * (3 if ir else 1)))
+        chunks = [(m0, min(m0 + rows, vectors)) for m0 in range(0, vectors, rows)]
+        self._calls += 1
+        call = self._calls
+        factors = self._factors(layer)
+        exact64 = not self.device_effects and layer.exact_dtype is not F32  # type: ignore[attr-defined]
+        width = layer.phys_width
+        last = len(self.dac.phases) - 1
+        for p, (phase, k) in enumerate(zip(self.dac.phases, factors)):
+            d = self.dac.digit(q, phase)
+            weights = layer.ir_stack if ir else layer.weights
+            assert weights is not None
+            if exact64:
+                d, weights = d.astype(np.float64), weights.astype(np.float64)
+            prod = np.empty((blocks, vectors, weights.shape[-1]), d.dtype)
+            for replica, m0, m1 in spans:
+                np.matmul(d[:, m0:m1], weights[:, replica], out=prod[:, m0:m1])
+            current = None
+            if ir:  # Σ |w||a|, for the IR-drop coefficient
+                magnitude = d if d.min() >= 0 else np.abs(d)
+                current = np.empty((blocks, vectors, width), F32)
+                for replica, m0, m1 in spans:
+                    current[:, m0:m1] = layer.abs_current(magnitude[:, m0:m1], replica)
             sigma = self._noise_sigma(layer, d, phase.unit)
-            if sigma is not None:
-                noise = self._noise.standard_normal(y.shape, dtype=F32)
+
+            def task(index: int, p: int = p, phase: Any = phase, k: dict[str, np.ndarray] = k,
+                     prod: np.ndarray = prod, current: np.ndarray | None = current, sigma: Any = sigma) -> None:
+                m0, m1 = chunks[index]
+                rows_sigma = sigma[:, m0:m1] if isinstance(sigma, np.ndarray) else sigma
+                part = prod[:, m0:m1]
+                y = self._convert(layer, part[..., :width], k, rows_sigma, _child(self._noise_seq, call, p, index),
+                                  None if current is None else part[..., width:],
+                                  None if current is None else current[:, m0:m1])
+                target = out[:, m0:m1]
+                if p == 0:
+                    target[...] = y
+                else:
+                    target += y
+                if p == last:
+                    target *= s[:, m0:m1]
+
+            _run_tasks(task, len(chunks))
+        return out
+
+    def _convert(self, layer: AnalogLayer, acc: np.ndarray, k: dict[str, np.ndarray], sigma: Any,
+                 seq: np.random.SeedSequence, signed: np.ndarray | None, current: np.ndarray | None) -> np.ndarray:
+        """One phase of a chunk of reads, from the level-domain products to the recombined results:
+        to ADC codes, IR drop, noise, conversion, back to level units, reference column subtracted."""
+        if acc.dtype == F32:
+            y = np.multiply(acc, k["to_codes"])
+        else:  # the float64 product of exact integers, rounded once
+            y = (acc * k["to_codes"]).astype(F32)
+        if signed is not None and current is not None:  # y −= c(a) · ir_drop · Σ w·a·f, in ADC codes
+            c = ir_drop_coefficient(np.multiply(current, k["ir_current"], dtype=F32))
+            c *= signed
+            c *= k["ir_codes"]
+            y -= c
+        if sigma is not None:
+            rng = np.random.Generator(np.random.PCG64(seq))
+            if isinstance(sigma, np.ndarray):  # per-row σ (per-read device noise)
+                noise = gaussian_noise(rng, y.shape)
                 noise *= sigma
                 y += noise
-            if options.adc:
-                adc.convert(y)
-            y *= (phase.weight * dac.step * adc.step * full_scale / phase.unit).astype(F32)
-            if layer.weight_index is not None:
-                y = y[..., layer.weight_index] - y[..., layer.ref_index]
-            total = y if total is None else total + y
-        assert total is not None
-        total *= s
-        return total
+            else:
+                y += gaussian_noise(rng, y.shape, sigma)
+        if self.options.adc:
+            self.adc.convert(y)
+        y *= k["back"]
+        if layer.weight_index is not None:
+            y = y[..., layer.weight_index] - y[..., layer.ref_index]
+        return y
+
+    def _factors(self, layer: AnalogLayer) -> list[dict[str, np.ndarray]]:
+        """Per phase, the per-column constants of the documented arithmetic (float32, shape (B, 1, C))."""
+        cached = getattr(layer, "_phase_factors", None)
+        if cached is not None and cached[0] == id(self):
+            return cached[1]
+        dac, adc, options = self.dac, self.adc, self.options
+        full = layer.full_scale[:, None, :]  # L per physical column
+        rows = layer.rows_used.astype(np.float64)[:, None, None]
+        factors = []
+        for phase in dac.phases:
+            to_codes = phase.unit / (full * adc.step)  # u / (L · step_out): level units → ADC codes
+            factors.append({
+                "to_codes": to_codes.astype(F32),
+                "back": (phase.weight * dac.step * adc.step * full / phase.unit).astype(F32),
+                "ir_current": (rows / options.ir_drop_g_ratio * phase.unit / full).astype(F32),
+                "ir_codes": (options.ir_drop * to_codes).astype(F32),
+            })
+        layer._phase_factors = (id(self), factors)  # type: ignore[attr-defined]
+        return factors
 
     def _noise_sigma(self, layer: AnalogLayer, d: np.ndarray, unit: float) -> np.ndarray | float | None:
         """σ of the noise of each read in ADC code units: output noise, plus per-read device noise
@@ -440,3 +533,38 @@ class AnalogSimulator(Interpreter):
         np.sqrt(power, out=power)
         power *= F32(1.0 / self.adc.step)
         return power
+
+
+#: Element-wise digital ops whose reference implementations work through float64 temporaries: the
+#: simulator runs them (the reference implementation itself) on cache-sized pieces, with identical results.
+CHUNKED_ELEMENTWISE = frozenset({"nn.erf", "nn.sigmoid"})
+
+
+def _chunked(fn: Any, x: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(x).reshape(-1)
+    parts = [fn(flat[i:i + _CHUNK_ELEMENTS // 8]) for i in range(0, flat.size, _CHUNK_ELEMENTS // 8)]
+    return np.concatenate(parts).reshape(np.shape(x))
+
+
+#: Rank of the sketch of |W| in the IR-drop coefficient (see `AnalogLayer._set_ir`).
+IR_SKETCH_RANK = 32
+#: Elements of one chunk's (B, rows, C) result: ~1 MB of float32, to stay in cache.
+_CHUNK_ELEMENTS = 1 << 18
+_POOL: Any = None
+
+
+def _run_tasks(task: Any, count: int) -> None:
+    """Run ``task(i)`` for i < count (on a thread pool when ``AFMC_SIM_THREADS`` > 1: numpy releases
+    the GIL, but BLAS threads that spin after each product compete with the pool on small machines)."""
+    global _POOL
+    threads = int(os.environ.get("AFMC_SIM_THREADS", "1"))
+    if count == 1 or threads <= 1:
+        for i in range(count):
+            task(i)
+        return
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="afmc-sim")
+    for future in [_POOL.submit(task, i) for i in range(count)]:
+        future.result()
