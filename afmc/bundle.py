@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .diagnostics import signals_deferred
+from .diagnostics import log, signals_deferred
 from .errors import AfmcError, UsageError
 from .ir import dtypes
 from .ir.core import Module, Op, array_digest
@@ -43,24 +43,45 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """An ``.npz`` that numpy reads with ``allow_pickle=False``, with fixed timestamps and order."""
+    """An ``.npz`` that numpy reads with ``allow_pickle=False``, with fixed timestamps and order.
+    String tensors (object arrays in the IR) are stored as fixed-width text (``storable``)."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(arrays):
             buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            np.lib.format.write_array(buffer, np.ascontiguousarray(storable(arrays[name])), allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             archive.writestr(info, buffer.getvalue())
 
 
-def conductance_targets(levels: np.ndarray, bits_per_cell: int, device: Any) -> np.ndarray:
-    """Cell levels to programmed conductance targets in µS (linear between g_min and g_max)."""
+def storable(array: np.ndarray) -> np.ndarray:
+    """``array`` in a dtype ``.npy`` holds without pickles: an object array (the IR's ``str``
+    tensors) becomes bytes (``S``) when every item is bytes, else text (``U``)."""
+    array = np.asarray(array)
+    if array.dtype != object:
+        return array
+    items = array.reshape(-1).tolist()
+    if items and all(isinstance(item, bytes) for item in items):
+        return np.array(items, dtype=bytes).reshape(array.shape)
+    return np.array([str(item) for item in items], dtype=str).reshape(array.shape)
+
+
+def restored(array: np.ndarray, dtype: str) -> np.ndarray:
+    """The inverse of ``storable`` for a tensor of IR element type ``dtype``."""
+    if dtype != "str" or array.dtype == object:
+        return array
+    return np.array(array.reshape(-1).tolist(), dtype=object).reshape(array.shape)
+
+
+def conductance_targets(levels: np.ndarray, device: Any) -> np.ndarray:
+    """Cell levels to programmed conductance targets in µS, as the simulator programs them: one
+    scale per array, the array's largest level at g_max (REFERENCE.md §1), linear from g_min."""
+    from .sim.devices import full_scale_levels, target_conductances
+
     params = getattr(device, "params", {}) or {}
-    g_max = float(params.get("g_max_us", 1.0))
-    g_min = float(params.get("g_min_us", 0.0))
-    top = (1 << bits_per_cell) - 1
-    return (g_min + levels.astype(np.float64) / top * (g_max - g_min)).astype(np.float32)
+    full_scale = full_scale_levels(levels, tuple(range(levels.ndim)))
+    return target_conductances(levels, full_scale, float(params.get("g_min_us", 0.0)), float(params.get("g_max_us", 1.0)))
 
 
 def tile_entries(module: Module) -> list[Op]:
@@ -126,11 +147,9 @@ def write_bundle(
         with signals_deferred():  # a signal cannot fall between creating it and knowing its name
             staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         staging.chmod(0o755)
-        array = getattr(target, "array", None)
-        bits = array.bits_per_cell if array is not None else 8
         arrays = {
             op.attributes["array"].name: conductance_targets(
-                module.constants[op.attributes["array"].name].data, bits, getattr(target, "device", None)  # type: ignore[arg-type]
+                module.constants[op.attributes["array"].name].data, getattr(target, "device", None)  # type: ignore[arg-type]
             )
             for op in tile_entries(module)
         }
@@ -138,7 +157,9 @@ def write_bundle(
         _test_delay()
         write_npz(staging / "constants.npz", {c.name: c.data for c in module.constants.values() if c.data is not None})
         _test_delay()
-        write_npz(staging / "inputs.npz", dict(inputs or sample_inputs(module, int(extra.get("seed", 0)))))
+        if inputs is None:
+            inputs = bundled_sample_inputs(module, int(extra.get("seed", 0)))
+        write_npz(staging / "inputs.npz", dict(inputs))
         _test_delay()
         (staging / "ir.mlir").write_text(print_module(module), encoding="utf-8")
         _test_delay()
@@ -180,6 +201,22 @@ def _swap_into_place(staging: Path, path: Path) -> None:
             raise
     finally:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+#: A bundle carries seeded sample inputs only up to this many bytes in all: a model that declares
+#: a 3 GiB input must not turn ``afmc compile`` into 3 GiB of random numbers (``afmc run`` then
+#: needs ``--inputs``).
+SAMPLE_INPUTS_MAX_BYTES = 64 << 20
+
+
+def bundled_sample_inputs(module: Module, seed: int) -> dict[str, np.ndarray]:
+    """``sample_inputs``, or none at all (with a warning) when they would pass ``SAMPLE_INPUTS_MAX_BYTES``."""
+    total = sum(v.type.nbytes for v in module.inputs)
+    if total > SAMPLE_INPUTS_MAX_BYTES:
+        log.warning("the inputs take %s, over the %s a bundle's sample inputs may: inputs.npz is empty "
+                    "(give afmc run --inputs)", format_bytes(total), format_bytes(SAMPLE_INPUTS_MAX_BYTES))
+        return {}
+    return sample_inputs(module, seed)
 
 
 def sample_inputs(module: Module, seed: int) -> dict[str, np.ndarray]:
@@ -248,6 +285,8 @@ def load_bundle(path: str | Path) -> tuple[Module, dict[str, Any], dict[str, np.
         if constant.data is not None:
             continue
         data = constants.get(name)
+        if data is not None:
+            data = restored(data, constant.type.dtype)
         if data is None or array_digest(data) != constant.digest or tuple(data.shape) != constant.type.shape:
             raise AfmcError(f"constant @{name} is missing or does not match its digest", file=str(path / "constants.npz"))
         constant.data = data

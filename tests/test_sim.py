@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from afmc.targets import load_target
+from afmc.targets.spec import TargetSpec, from_dict
 from helpers import TARGETS, sample_inputs, sample_path, sample_shapes
 
 from afmc.cli import main
@@ -34,8 +36,6 @@ from afmc.sim.devices import Effects, Programmed, make_device
 from afmc.sim.periphery import Adc, Dac, ir_drop_coefficient, ir_drop_factors
 from afmc.sim.run import compare, parse_duration, run_bundle, run_model, simulate
 from afmc.sim.simulator import NON_IDEALITIES, AnalogSimulator, SimOptions
-from afmc.targets import load_target
-from afmc.targets.spec import TargetSpec, from_dict
 
 PIPELINE = "canonicalize,fold-constants,fold-batchnorm,canonicalize,partition,tile"
 BATCH = 16
@@ -43,7 +43,7 @@ HOUR, DAY, YEAR = 3600.0, 86400.0, 365 * 86400.0
 DEVICES = 200_000
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled(sample: str, target: str | TargetSpec, pipeline: str = PIPELINE, batch: int = BATCH) -> Module:
     module = load_module(sample_path(sample), sample_shapes(sample, batch))
     compile_module(module, load_target(target) if isinstance(target, str) else target, pipeline)
@@ -112,7 +112,7 @@ class FixedPoint(Interpreter):
     """An independent reference for the converters-only path: one array at a time, integers in int64.
 
     Per array (afmc.sim.periphery's documented arithmetic, float32 unless stated):
-    s = max|x| per vector (1 if 0); q = clip(rint((x / s) * f32(1/step_in)), q_lo, q_hi);
+    s = max|x| per vector (1 if 0); q = clip(rint(x * (f32(1/step_in) / s)), q_lo, q_hi);
     per phase p (one, or the bits of q's two's complement for a bit-serial 1-bit DAC):
     acc = d @ levels (int64), code = clip(rint(f32(acc) * f32(u / (L * step_out))), code_lo, code_hi),
     part = code * f32(c * step_in * step_out * L / u), minus the reference column's part for offset
@@ -154,7 +154,7 @@ class FixedPoint(Interpreter):
         x = np.asarray(source[op.attr("group"), :, r0:r1], np.float32)
         s = np.max(np.abs(x), axis=1, keepdims=True)
         s[s == 0] = 1
-        q = np.divide(x, s, dtype=np.float32) * np.float32(1.0 / self.step_in)
+        q = x * (np.float32(1.0 / self.step_in) / s)
         q = np.clip(np.rint(q), self.q_min, self.q_max)
         cells = np.asarray(levels).astype(np.int64)
         offset = op.attr("encoding") == "offset"
@@ -286,11 +286,12 @@ def test_ir_drop_sketch_of_the_current_term(tmp_path: Path) -> None:
     sim = AnalogSimulator(module, load_target("pcm"), base)
     layer = sim.layers[0]
     assert layer.abs_basis is not None
-    exact = np.matmul(x, np.abs(layer.weights[:, 0]))
+    magnitude = np.abs(layer.weights) * (layer.current_scale if layer.codes_folded else 1)
+    exact = np.matmul(x, magnitude[:, 0])
     assert rel_err(layer.abs_current(x, 0), exact) < 0.1
-    sketched = sim._read(layer, x)
-    layer.abs_weights = np.abs(layer.weights)  # the exact term
-    exact_drop = sim._read(layer, x)
+    sketched = sim._read(layer, x).copy()
+    layer.abs_weights = magnitude  # the exact term
+    exact_drop = sim._read(layer, x).copy()
     layer.ir_stack = layer.abs_weights = None  # no IR drop
     no_drop = sim._read(layer, x)
     assert rel_err(sketched - no_drop, exact_drop - no_drop) < 0.1
@@ -312,7 +313,7 @@ def test_ir_drop_lowers_outputs_in_the_simulator() -> None:
     clean = AnalogSimulator(module, target, base)
     dropped = AnalogSimulator(module, target, dataclasses.replace(base, ir_drop=1.0, ir_drop_g_ratio=2e3))
     x = clean.layers[0].gather(np.asarray(inputs["input"], np.float32)[None])
-    y0, y1 = clean._read(clean.layers[0], x), dropped._read(dropped.layers[0], x)
+    y0, y1 = clean._read(clean.layers[0], x).copy(), dropped._read(dropped.layers[0], x).copy()
     assert 0 < np.mean(np.abs(y1)) < np.mean(np.abs(y0))
 
 
@@ -432,7 +433,8 @@ def test_parallel_devices_average_their_errors() -> None:
         module = compiled("mlp_digits", "pcm")
         sim = AnalogSimulator(module, target, SimOptions(drift=False, read_noise=False))
         layer = sim.layers[1]  # 128 x 64: 8192 weights, 4 devices each at most
-        errors[parallel] = (layer.weights[:, 0] - layer.physical_levels).std()
+        to_codes = sim.dac.phases[0].unit / (layer.full_scale * sim.adc.step) if layer.codes_folded else 1.0
+        errors[parallel] = (layer.weights[:, 0] / to_codes[:, None, :] - layer.physical_levels).std()
     assert abs(errors[1] / errors[2] / math.sqrt(2) - 1) < 0.05
 
 
@@ -447,7 +449,7 @@ def test_per_read_noise_is_the_equivalent_output_noise() -> None:
     layer = sim.layers[0]
     x = np.random.default_rng(0).uniform(0, 1, (1, 4, 64)).astype(np.float32)
     xs = layer.gather(x)
-    draws = np.stack([sim._read(layer, xs) for _ in range(3000)])
+    draws = np.stack([sim._read(layer, xs).copy() for _ in range(3000)])
     s = np.abs(xs).max(axis=-1, keepdims=True)
     a = xs / s
     sigma_w = 0.005 * 100.0 / 99.0  # per device, normalised to g_max - g_min; one device per cell
@@ -497,6 +499,25 @@ def test_pcm_degrades_over_time_without_compensation() -> None:
     result = simulate(module, load_target("pcm"), inputs, SimOptions(samples=2), [1.0, YEAR])
     cosine = [np.mean([compare(o, reference, None)["logits"]["cosine"] for o in per_t]) for per_t in result.outputs]
     assert cosine[0] > 0.9 and cosine[1] < cosine[0]
+
+
+def test_global_drift_compensation_restores_accuracy() -> None:
+    """REFERENCE.md §1: rescaling each array by its read-out at t0 undoes most of the drift (the CNN loses
+    most of its accuracy within a day without it); at t0 itself it changes nothing."""
+    module = compiled("cnn_digits", "pcm", batch=300)
+    data = np.load(Path(sample_path("cnn_digits")).with_name("cnn_digits_test.npz"))
+    inputs, labels = {"input": data["input"]}, data["labels"]
+    target = load_target("pcm")
+
+    def accuracy(compensation: str, t: float) -> float:
+        options = SimOptions(samples=2, seed=5, drift_compensation=compensation)
+        result = simulate(module, target, inputs, options, [t])
+        return float(np.mean([(o["logits"].argmax(-1) == labels).mean() for o in result.outputs[0]]))
+
+    assert accuracy("global", DAY) > accuracy("none", DAY) + 0.2
+    start = [simulate(module, target, inputs, SimOptions(seed=5, drift_compensation=c), [0.0]).outputs[0][0]
+             for c in ("none", "global")]
+    np.testing.assert_allclose(start[0]["logits"], start[1]["logits"], rtol=1e-6, atol=1e-6)
 
 
 def test_simulator_needs_arrays() -> None:

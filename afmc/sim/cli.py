@@ -44,6 +44,8 @@ def is_bundle(path: Path) -> bool:
               help=f"Switch one non-ideality off (repeatable): {', '.join(NON_IDEALITIES)}.")
 @click.option("--out-noise", type=click.FloatRange(0), default=None,
               help="Output noise σ per MVM in normalised units (default 0.04).")
+@click.option("--drift-compensation", type=click.Choice(["none", "global"]), default="none", show_default=True,
+              help="Global drift compensation (REFERENCE.md §1): rescale each array by its read-out at t0.")
 @click.option("--reference", is_flag=True, help="Also run onnxruntime on the same inputs and compare.")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
               help="The ONNX model of a BUNDLE for --reference (default: found by name and hash).")
@@ -57,8 +59,8 @@ def is_bundle(path: Path) -> bool:
 def run_command(
     source: Path, target: str | None, inputs_path: Path | None, outputs_path: Path | None,
     t_inference: tuple[str, ...], seed: int, samples: int, ideal: bool, disabled: tuple[str, ...],
-    out_noise: float | None, reference: bool, model_path: Path | None, labels_path: Path | None,
-    pipeline: str | None, batch: int, fmt: str, force: bool,
+    out_noise: float | None, drift_compensation: str, reference: bool, model_path: Path | None,
+    labels_path: Path | None, pipeline: str | None, batch: int, fmt: str, force: bool,
 ) -> None:
     """Simulate BUNDLE (or MODEL, compiled for --target) with the target's non-ideal arrays.
 
@@ -67,7 +69,7 @@ def run_command(
     """
     try:
         result = _run(source, target, inputs_path, t_inference, seed, samples, ideal, disabled, out_noise,
-                      reference, model_path, labels_path, pipeline, batch)
+                      drift_compensation, reference, model_path, labels_path, pipeline, batch)
         if outputs_path is not None:
             _write_outputs(outputs_path, result, force)
     except AfmcError as exc:
@@ -81,12 +83,14 @@ def run_command(
 
 
 def _run(source: Path, target: str | None, inputs_path: Path | None, t_inference: tuple[str, ...], seed: int,
-         samples: int, ideal: bool, disabled: tuple[str, ...], out_noise: float | None, reference: bool,
-         model_path: Path | None, labels_path: Path | None, pipeline: str | None, batch: int) -> RunResult:
+         samples: int, ideal: bool, disabled: tuple[str, ...], out_noise: float | None, drift_compensation: str,
+         reference: bool, model_path: Path | None, labels_path: Path | None, pipeline: str | None,
+         batch: int) -> RunResult:
     from .run import run_bundle, run_model
 
     times = [parse_duration(t) for t in t_inference] or [0.0]
-    options = SimOptions(ideal=ideal, t_inference=times[0], seed=seed, samples=samples)
+    options = SimOptions(ideal=ideal, t_inference=times[0], seed=seed, samples=samples,
+                         drift_compensation=drift_compensation)
     if out_noise is not None:
         options = SimOptions(**{**options.describe(), "out_noise": out_noise})
     options = options.without(*disabled)
@@ -154,8 +158,12 @@ def render_text(result: RunResult) -> str:
     off = [name for name in NON_IDEALITIES if not _is_on(options, name)]
     mode = "ideal arrays (no converters, no noise)" if options.ideal else (
         "all non-idealities on" if not off else f"non-ideal, off: {', '.join(off)}")
-    lines = [f"afmc run: {result.source} on {result.target}: {result.inputs} inputs, {options.samples} programming "
-             f"instance{'s' if options.samples > 1 else ''} (seed {options.seed}), {mode}"]
+    if options.drift_compensation != "none" and not options.ideal:
+        mode += f", {options.drift_compensation} drift compensation"
+    plural = "s" if options.samples > 1 else ""
+    head = (f"afmc run: {result.source} on {result.target}: {result.inputs} inputs, {options.samples} programming "
+            f"instance{plural} (seed {options.seed}), {mode}")
+    lines = [head]
     name = next(iter(result.metrics[0]), None)
     if name is None:
         return "\n".join(lines) + "\n"
@@ -165,12 +173,11 @@ def render_text(result: RunResult) -> str:
     if present:
         spread = f"mean ± std over {options.samples} instances" if options.samples > 1 else "one instance"
         lines.append(f"output '{name}' vs {against} ({spread})")
-        width = 21 if options.samples > 1 else 12
-        lines.append(f"{'t_inference':<12}" + "".join(f"{unit.get(m, m):>{width}}" for m in present))
-        for t, metrics in zip(result.times, result.metrics):
-            row = metrics[name]
-            lines.append(f"{format_duration(t):<12}" + "".join(f"{_cell(row.get(m), m, options.samples):>{width}}"
-                                                          for m in present))
+        cells = [[_cell(metrics[name].get(m), m, options.samples) for m in present] for metrics in result.metrics]
+        widths = [max(len(unit.get(m, m)), *(len(row[i]) for row in cells)) + 3 for i, m in enumerate(present)]
+        lines.append(f"{'t_inference':<12}" + "".join(f"{unit.get(m, m):>{w}}" for m, w in zip(present, widths)))
+        for t, row in zip(result.times, cells):
+            lines.append(f"{format_duration(t):<12}" + "".join(f"{c:>{w}}" for c, w in zip(row, widths)))
     else:
         lines.append("no metrics (give --reference and/or --labels)")
     if result.reference_metrics is not None and "accuracy" in result.reference_metrics.get(name, {}):

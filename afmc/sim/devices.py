@@ -235,8 +235,8 @@ class PcmDevice(DeviceModel):
     def drift_stats(self, g_target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(μ_ν, σ_ν) per device from its target conductance."""
         log_gr = np.log(np.maximum(np.asarray(g_target, F32) / F32(self.g_max), F32(1e-7)))
-        mu = np.clip(F32(self.mean_coeffs[0]) * log_gr + F32(self.mean_coeffs[1]), *self.mean_clip)
-        sigma = np.clip(F32(self.std_coeffs[0]) * log_gr + F32(self.std_coeffs[1]), *self.std_clip)
+        mu = np.clip(F32(self.mean_coeffs[0]) * log_gr + F32(self.mean_coeffs[1]), self.mean_clip[0], self.mean_clip[1])
+        sigma = np.clip(F32(self.std_coeffs[0]) * log_gr + F32(self.std_coeffs[1]), self.std_clip[0], self.std_clip[1])
         return mu.astype(F32), sigma.astype(F32)
 
     def read_noise_sigma(self, g_prog: np.ndarray, t_inference: float) -> np.ndarray:

@@ -12,8 +12,9 @@ DAC (`Dac`)
        ("none": the inputs must already lie in the input range).
     2. Quantisation with B = ``dac.input_bits`` bits over [lo, hi] = ``dac.input_range``:
        ``step = (hi − lo)/(2^B − 2)`` (aihwkit's inp_res = 2^B − 2 steps: a symmetric range gets the odd
-       number 2^B − 1 of levels, zero included), ``q = clip(rint((x / s) · (1/step)), q_lo, q_hi)``
-       with ``q_lo = ceil(lo/step)``, ``q_hi = floor(hi/step)`` (±127 for 8 bits over [−1, 1]); all float32.
+       number 2^B − 1 of levels, zero included), ``q = clip(rint(x · r), q_lo, q_hi)`` with the per-vector
+       factor ``r = f32(1/step) / s``, ``q_lo = ceil(lo/step)`` and ``q_hi = floor(hi/step)`` (±127 for 8 bits
+       over [−1, 1]); all in float32.
     3. Phases: a DAC that is not bit-serial drives ``a = q·step`` in one array read. A bit-serial DAC of
        ``dac.bits`` = b bits drives P = ceil(B/b) digits of q, least significant first: for a signed range
        the digits of the B-bit two's complement of q, so ``q = Σ_p c_p·d_p`` with ``c_p = 2^(p·b)``, except
@@ -59,6 +60,7 @@ from ..errors import AfmcError
 
 __all__ = [
     "IR_DROP_G_RATIO", "Adc", "Dac", "abs_max_scale", "gaussian_noise", "ir_drop_coefficient", "ir_drop_factors",
+    "normal_quantiles",
 ]
 
 F32 = np.float32
@@ -67,42 +69,47 @@ IR_DROP_G_RATIO = 1.0 / 0.35 / 5e-6
 _EPS = 1e-9
 
 
-def _normal_quantiles(bits: int = 16) -> np.ndarray:
-    from statistics import NormalDist
-
-    n = 1 << bits
-    inverse = NormalDist().inv_cdf
-    table = np.array([inverse((i + 0.5) / n) for i in range(n)], np.float64)
-    return (table / np.sqrt(np.mean(table**2))).astype(F32)
-
-
 _QUANTILES: np.ndarray | None = None
 
 
-def gaussian_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float = 1.0) -> np.ndarray:
-    """float32 N(0, sigma²) samples of ``shape`` from the quantile table (see the module doc)."""
+def normal_quantiles() -> np.ndarray:
+    """The 2^16 midpoint quantiles of N(0, 1), rescaled to unit variance (float32, read-only)."""
     global _QUANTILES
     if _QUANTILES is None:
-        _QUANTILES = _normal_quantiles()
+        from statistics import NormalDist
+
+        n = 1 << 16
+        inverse = NormalDist().inv_cdf
+        table = np.array([inverse((i + 0.5) / n) for i in range(n)], np.float64)
+        table = (table / np.sqrt(np.mean(table**2))).astype(F32)
+        table.flags.writeable = False
+        _QUANTILES = table
+    return _QUANTILES
+
+
+def gaussian_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float = 1.0, *,
+                   table: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 N(0, σ²) samples of ``shape`` from the quantile table (see the module doc); ``table`` may
+    be a pre-scaled copy (σ·quantiles), ``out`` a float32 array of ``shape`` to fill."""
+    if table is None:
+        table = normal_quantiles() if sigma == 1.0 else normal_quantiles() * F32(sigma)
     size = math.prod(shape)
     words = rng.bit_generator.random_raw(-(-size // 4))
-    index = np.asarray(words, np.uint64).view(np.uint16)[:size]
-    table = _QUANTILES if sigma == 1.0 else _QUANTILES * F32(sigma)
-    return np.take(table, index).reshape(shape)
+    index = np.asarray(words, np.uint64).view(np.uint16)[:size].reshape(shape)
+    return np.take(table, index, out=out)
 
 
 def _grid(lo: float, hi: float, bits: int) -> tuple[float, int, int]:
     """(step, lowest code, highest code) of a converter with 2^bits − 2 steps over [lo, hi]."""
     steps = (1 << bits) - 2
-    if steps < 1:
-        steps = 1  # a 1-bit converter: one step over the range
+    steps = max(steps, 1)  # a 1-bit converter: one step over the range
     step = (hi - lo) / steps
     return step, math.ceil(lo / step - _EPS), math.floor(hi / step + _EPS)
 
 
 def abs_max_scale(x: np.ndarray) -> np.ndarray:
     """Per-vector noise-management scale along the last axis: max|x| (1 where a vector is all zero)."""
-    s = np.max(np.abs(x), axis=-1, keepdims=True)
+    s = np.maximum(np.max(x, axis=-1, keepdims=True), -np.min(x, axis=-1, keepdims=True))  # no |x| copy
     s[s == 0] = 1
     return s.astype(F32, copy=False)
 
@@ -162,10 +169,9 @@ class Dac:
     def bit_serial(self) -> bool:
         return len(self.phases) > 1
 
-    def normalise(self, x: np.ndarray, s: np.ndarray) -> np.ndarray:
-        """q = clip(rint((x / s) · (1/step)), q_lo, q_hi) (float32); without quantisation (x / s)/step."""
-        q = np.divide(x, s, dtype=F32)
-        q *= self._k
+    def normalise(self, x: np.ndarray, s: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """q = clip(rint(x · (f32(1/step) / s)), q_lo, q_hi) (float32); without quantisation x·(1/step)/s."""
+        q = np.multiply(x, self._k / np.asarray(s, F32), dtype=F32, out=out)
         if self.quantize:
             np.rint(q, out=q)
             np.clip(q, self.q_lo, self.q_hi, out=q)

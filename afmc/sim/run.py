@@ -122,36 +122,36 @@ def _cast_inputs(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, 
     return out
 
 
-def _chunks(module: Module, inputs: Mapping[str, np.ndarray]) -> tuple[list[dict[str, np.ndarray]], int, int]:
-    """Split ``inputs`` into runs of the compiled batch: (chunks, rows, batch)."""
+def _chunks(module: Module, inputs: Mapping[str, np.ndarray]) -> tuple[list[dict[str, np.ndarray]], int]:
+    """Split ``inputs`` into runs of the compiled batch: (chunks, rows of the inputs)."""
     shapes = {v.name: v.type.shape for v in module.inputs}
     if all(tuple(inputs[n].shape) == s for n, s in shapes.items()):
-        rows = next(iter(shapes.values()))[0] if shapes and next(iter(shapes.values())) else 1
-        return [dict(inputs)], rows, rows
-    batch = {s[0] if s else None for s in shapes.values()}
-    rows = {inputs[n].shape[0] if inputs[n].ndim else None for n in shapes}
-    batched = (len(batch) == 1 and None not in batch and len(rows) == 1 and None not in rows
+        return [dict(inputs)], 0
+    batches = {s[0] if s else -1 for s in shapes.values()}
+    rows = {inputs[n].shape[0] if inputs[n].ndim else -1 for n in shapes}
+    batch, count = (batches.pop(), rows.pop()) if len(batches) == len(rows) == 1 else (-1, -1)
+    batched = (batch > 0 and count > 0
                and all(tuple(inputs[n].shape[1:]) == s[1:] for n, s in shapes.items())
-               and all(v.type.rank and v.type.shape[0] == next(iter(batch)) for v in module.outputs))
+               and all(v.type.rank and v.type.shape[0] == batch for v in module.outputs))
     if not batched:
         given = ", ".join(f"{n} {tuple(inputs[n].shape)}" for n in shapes)
         wanted = ", ".join(f"{n} {s}" for n, s in shapes.items())
         raise AfmcError(f"inputs {given} do not match the compiled shapes {wanted} (nor split into its batch)")
-    b, n = batch.pop(), rows.pop()
     chunks = []
-    for start in range(0, n, b):
+    for start in range(0, count, batch):
         chunk = {}
-        for name, array in inputs.items():
-            part = array[start:start + b]
-            if part.shape[0] < b:
-                part = np.concatenate([part, np.zeros((b - part.shape[0], *part.shape[1:]), part.dtype)])
+        for name in shapes:
+            part = inputs[name][start:start + batch]
+            if part.shape[0] < batch:
+                part = np.concatenate([part, np.zeros((batch - part.shape[0], *part.shape[1:]), part.dtype)])
             chunk[name] = part
         chunks.append(chunk)
-    return chunks, n, b
+    return chunks, count
 
 
-def _concat(outputs: list[dict[str, np.ndarray]], rows: int, single: bool) -> dict[str, np.ndarray]:
-    if single:
+def _concat(outputs: list[dict[str, np.ndarray]], rows: int) -> dict[str, np.ndarray]:
+    """One run's outputs, or the chunks' outputs joined and trimmed to ``rows`` (when > 0)."""
+    if rows == 0:
         return outputs[0]
     return {name: np.concatenate([o[name] for o in outputs])[:rows] for name in outputs[0]}
 
@@ -179,8 +179,7 @@ def simulate(
     options = options or SimOptions()
     times = list(times) if times else [options.t_inference]
     inputs = _cast_inputs(module, inputs)
-    chunks, rows, _ = _chunks(module, inputs)
-    single = len(chunks) == 1 and all(tuple(inputs[v.name].shape) == v.type.shape for v in module.inputs)
+    chunks, rows = _chunks(module, inputs)
     clock = time.perf_counter
     seconds = {"setup": 0.0, "program": 0.0, "read": 0.0, "run": 0.0}
     start = clock()
@@ -199,7 +198,7 @@ def simulate(
             start = clock()
             results = [sim.run(chunk) for chunk in chunks]
             seconds["run"] += clock() - start
-            outputs[index].append(_concat(results, rows, single))
+            outputs[index].append(_concat(results, rows))
     if options.ideal and options.samples > 1:  # nothing is random: every instance is the same
         outputs = [[o[0]] * options.samples for o in outputs]
     return Simulation(times, outputs, seconds)
@@ -433,7 +432,7 @@ def _static_batch(model_path: str | Path, shapes: dict[str, tuple[int, ...]]) ->
         return shapes
     out = dict(shapes)
     for info in graph.input:
-        if info.name in out and out[info.name]:
+        if out.get(info.name):
             dims = info.type.tensor_type.shape.dim
             if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
                 out[info.name] = (int(dims[0].dim_value), *out[info.name][1:])

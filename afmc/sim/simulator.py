@@ -11,11 +11,16 @@ then added by ``xbar.accumulate`` exactly as in the ideal interpreter.
 Vectorisation. The arrays of one layer share one unfolded input (``xbar.unfold``). They are grouped
 into *blocks*, one per (group, row split): the B blocks' inputs form one (B, M, R) stack (R = the
 largest row split, shorter ones zero-padded), and the arrays of a block — every column split and
-bit slice, side by side — one (B, R, C) weight stack. An inference then costs, per layer and input
-phase, one batched ``np.matmul`` (plus two for IR drop) and a few element-wise passes over the
-(B, M, C) result; the first ``xbar.mvm`` of a layer computes all of them and the rest read their
-slice. Weight stacks are built once per programming instance and time point (`program`,
-`set_time`), never per input.
+bit slice, side by side, C physical columns — one (B, R, C) weight stack. An inference then costs,
+per layer and input phase, one batched ``np.matmul`` (with IR drop: of twice the columns, plus a
+rank-32 product) and a dozen element-wise passes over the (B, M, C) result, run over chunks of
+2^16 elements that stay in cache; the first ``xbar.mvm`` of a layer computes all of its arrays and
+the others read their slice. Weight stacks are built once per programming instance and time point
+(`program`, `set_time`), never per input; with noisy weights the ADC's per-column scale is folded
+into them. Large intermediate arrays live in per-layer workspaces reused between inferences.
+The ideal path reads row blocks in place (strided BLAS operands) and does one product per block.
+Replicas (``replicas`` > 1) are programmed independently; copy k serves the k-th contiguous share
+of the M vectors.
 
 Monte-Carlo. ``SeedSequence(seed).spawn(samples)`` gives one sequence per programming instance;
 from it fixed keys derive the programming of each layer (``(0, layer)``), the static read of each
@@ -27,6 +32,15 @@ the ideal semantics of ``xbar.mvm`` up to float32 rounding. With the device non-
 noise off but the converters on, the arrays hold their exact integer levels and every step is the
 fixed-point arithmetic documented in `afmc.sim.periphery` (integer-valued float32 products are
 exact while Σ|d·level| < 2^24, else float64 is used).
+
+Calibration (`afmc.ir.xbar_calibration`, written by the ``calibrate`` pass). An ``xbar.mvm`` with
+``input_scale`` s drives x / s (static range, clipped by the DAC) instead of dividing each vector by its
+max|x|; one with ``adc_range`` = f × the target's ``adc.output_range`` converts with f times the
+target's step (same codes; the output noise stays in normalised units). ``xbar.drift_compensate`` scales
+its input by reference / r_t, where r_t is the layer's readout at the current time (`reference_level`):
+every row driven alone through the non-ideal path (`readout`, its own noise stream keyed by
+``(3, t in ns, layer)``, so that the readout at t0 repeats the one the pass stored, bit for bit).
+``xbar.calibrate`` is digital (its reference implementation).
 """
 
 from __future__ import annotations
@@ -46,7 +60,13 @@ from ..interp.ops.xbar import UNFOLDERS
 from ..ir.core import Module, Op, Value
 from .devices import DeviceModel, Effects, full_scale_levels, make_device, target_conductances
 from .periphery import (
-    IR_DROP_G_RATIO, Adc, Dac, abs_max_scale, gaussian_noise, ir_drop_coefficient, ir_drop_factors,
+    IR_DROP_G_RATIO,
+    Adc,
+    Dac,
+    abs_max_scale,
+    gaussian_noise,
+    ir_drop_factors,
+    normal_quantiles,
 )
 
 __all__ = ["NON_IDEALITIES", "AnalogLayer", "AnalogSimulator", "SimOptions"]
@@ -64,7 +84,10 @@ class SimOptions:
     ``ideal`` overrides everything: exact arrays, no converters, no noise. ``out_noise`` is the σ of
     the output noise per MVM in normalised units (REFERENCE.md §2: 0.04 in the standard hardware-aware
     preset that the built-in targets' ADC ranges follow); ``ir_drop`` scales the IR-drop model (0 = off);
-    ``noise_management`` is ``abs_max`` or ``none`` (see `afmc.sim.periphery`).
+    ``noise_management`` is ``abs_max`` or ``none`` (see `afmc.sim.periphery`). ``drift_compensation``
+    ``global`` (REFERENCE.md §1) scales each array's outputs by α = r0 / r_t, where r is the mean |w| of
+    the array's cells read at t = 0 (the first read, at t0) and at the time of the inference — what
+    reading the array with one-hot inputs gives before the converters; ``none`` leaves drift alone.
     """
 
     ideal: bool = False
@@ -81,6 +104,7 @@ class SimOptions:
     ir_drop: float = 1.0
     ir_drop_g_ratio: float = IR_DROP_G_RATIO
     noise_management: str = "abs_max"
+    drift_compensation: str = "none"
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -89,6 +113,8 @@ class SimOptions:
             raise AfmcError(f"t_inference must be a finite time >= 0 s, got {self.t_inference}")
         if self.noise_management not in ("abs_max", "none"):
             raise AfmcError(f"noise_management must be 'abs_max' or 'none', got {self.noise_management!r}")
+        if self.drift_compensation not in ("none", "global"):
+            raise AfmcError(f"drift_compensation must be 'none' or 'global', got {self.drift_compensation!r}")
         if self.out_noise < 0 or self.ir_drop < 0 or self.ir_drop_g_ratio <= 0:
             raise AfmcError("out_noise and ir_drop must be >= 0 and ir_drop_g_ratio > 0")
 
@@ -121,11 +147,23 @@ class SimOptions:
 
 def time_key(t: float) -> int:
     """A time in whole nanoseconds, for seeding."""
-    return int(round(t * 1e9))
+    return round(t * 1e9)
 
 
 def _child(seq: np.random.SeedSequence, *key: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(seq.entropy, spawn_key=tuple(seq.spawn_key) + tuple(int(k) for k in key))
+
+
+def _block_key(op: Op) -> tuple[int, int, int]:
+    """(group, r0, r1) of an ``xbar.mvm``: the arrays that read the same input rows."""
+    r0, r1 = op.attr("rows")
+    return int(op.attr("group")), int(r0), int(r1)
+
+
+def _column_key(op: Op) -> tuple[int, int, int]:
+    """(c0, c1, slice) of an ``xbar.mvm``: its place among a block's arrays."""
+    c0, c1 = op.attr("cols")
+    return int(c0), int(c1), int(op.attr("slice"))
 
 
 @dataclass
@@ -155,14 +193,13 @@ class AnalogLayer:
                 self.encoding, self.replicas, self.input_slices):
                 raise AfmcError("arrays of one layer differ in encoding, replicas or input slices", node=op.loc or None)
         groups, self.vectors, self.depth = source.type.shape
-        blocks = sorted({(int(op.attr("group")), *op.attr("rows")) for op in ops})
+        blocks = sorted({_block_key(op) for op in ops})
         columns: list[tuple[int, int, int]] = []
         for op in ops:
-            key = (*op.attr("cols"), int(op.attr("slice")))
-            if key not in columns:
-                columns.append(key)
+            if _column_key(op) not in columns:
+                columns.append(_column_key(op))
         block_of = {b: i for i, b in enumerate(blocks)}
-        seen = {(int(op.attr("group")), *op.attr("rows"), *op.attr("cols"), int(op.attr("slice"))) for op in ops}
+        seen = {(_block_key(op), _column_key(op)) for op in ops}
         if len(seen) != len(ops) or len(seen) != len(blocks) * len(columns):
             raise AfmcError(f"layer {self.name}: its arrays do not tile (group, rows) x (cols, slice) evenly")
         self.blocks = blocks
@@ -181,8 +218,8 @@ class AnalogLayer:
         full_scale = np.ones((nb, self.phys_width), np.float64)
         self.reads: dict[int, _Read] = {}
         for op in ops:
-            b = block_of[(int(op.attr("group")), *op.attr("rows"))]
-            c = columns.index((*op.attr("cols"), int(op.attr("slice"))))
+            b = block_of[_block_key(op)]
+            c = columns.index(_column_key(op))
             data = module.constants[op.attr("array").name].data
             if data is None:
                 raise AfmcError(f"levels @{op.attr('array').name} were elided; the module cannot run")
@@ -198,7 +235,8 @@ class AnalogLayer:
         if offset:
             ref = np.concatenate([[phys_starts[c + 1] - 1] * w for c, w in enumerate(widths)]).astype(np.intp)
             weight = np.concatenate([np.arange(phys_starts[c], phys_starts[c + 1] - 1) for c in range(len(widths))])
-            self.weight_index, self.ref_index = weight.astype(np.intp), ref
+            self.weight_index: np.ndarray | None = weight.astype(np.intp)
+            self.ref_index: np.ndarray | None = ref
             self.physical_levels = levels[:, 0].astype(F32)
             self.signed_levels = (levels[:, 0][..., self.weight_index].astype(np.int64)
                                   - levels[:, 0][..., self.ref_index]).astype(F32)
@@ -216,6 +254,24 @@ class AnalogLayer:
         self.abs_basis: np.ndarray | None = None
         self.abs_coeffs: np.ndarray | None = None
         self.read_sigma = 0.0  # per-read weight noise, normalised units, per cell
+        self.codes_folded = False  # weights scaled to give ADC codes (see fold_codes)
+        self.current_scale: np.ndarray | None = None
+        self.reference_read: np.ndarray | None = None  # global drift compensation: mean |w| per column at t0
+        self.alpha: np.ndarray | None = None  # and the correction at the current time
+        # Calibration (see the module doc): the accumulates reading the arrays, static DAC scale per
+        # block, ADC range factor per physical column (and its inverse, applied to the codes).
+        self.accumulates: list[Op] = []
+        self.input_scale: np.ndarray | None = None  # (B,) or None: abs-max per vector
+        self.adc_scale: np.ndarray | None = None  # (B, C) or None: the target's range
+        self.adc_gain: np.ndarray | None = None  # (B, 1, C) float32, 1 / adc_scale
+        scales: dict[int, set[float | None]] = {}
+        for op in ops:
+            value = op.attr("input_scale")
+            scales.setdefault(block_of[_block_key(op)], set()).add(None if value is None else float(value))
+        if any(s != {None} for s in scales.values()):
+            if any(len(s) != 1 or None in s for s in scales.values()):
+                raise AfmcError(f"layer {self.name}: the arrays of one block need one input_scale, all or none")
+            self.input_scale = np.array([next(iter(scales[b])) for b in range(nb)], np.float64)
 
     # -- inputs ------------------------------------------------------------------------------------
     def gather(self, unfolded: np.ndarray) -> np.ndarray:
@@ -223,7 +279,7 @@ class AnalogLayer:
         a = np.asarray(unfolded, F32)
         if self.contiguous:
             return a
-        out = np.zeros((len(self.blocks), self.vectors, self.rows), F32)
+        out = np.zeros((len(self.blocks), a.shape[1], self.rows), F32)
         for b, (g, r0, r1) in enumerate(self.blocks):
             out[b, :, : r1 - r0] = a[g, :, r0:r1]
         return out
@@ -242,9 +298,9 @@ class AnalogLayer:
         self.programmed.g_target = None  # not needed after programming; frees memory
         self.read_sigma = device.read_sigma(effects) / device.g_range * math.sqrt(self.polarities / parallel)
 
-    def set_time(self, device: DeviceModel, t: float, seq: np.random.SeedSequence, effects: Effects,
-                 ir_drop: bool) -> None:
-        """The weight stacks at ``t`` seconds after programming (static read noise included)."""
+    def set_time(self, device: DeviceModel, t: float, seq: np.random.SeedSequence, effects: Effects) -> None:
+        """The weight stacks at ``t`` seconds after programming (static read noise included), in level
+        units (w·L); `set_ir` then prepares the IR-drop stacks."""
         g = device.read(self.programmed, t, seq, effects)
         w = g - F32(device.g_min)
         w = w.mean(axis=3, dtype=F32)  # parallel devices sum their currents: the cell is their mean
@@ -254,14 +310,36 @@ class AnalogLayer:
             w = w[:, :, 0]
         w *= (self.full_scale[:, None, None, :] / device.g_range).astype(F32)
         self.weights = np.ascontiguousarray(w, F32)
-        self._set_ir(ir_drop)
+        self.codes_folded = False
 
     def set_exact(self, ir_drop: bool) -> None:
         """Weight stacks holding the exact integer levels (no device effects)."""
         self.weights = self.physical_levels[:, None]
-        self._set_ir(ir_drop)
+        self.codes_folded = False
+        self.set_ir(ir_drop)
 
-    def _set_ir(self, ir_drop: bool) -> None:
+    def mean_abs_weight(self) -> np.ndarray:
+        """Per physical column (B, C), the mean |w| over the cells of the column's array (used rows only,
+        every replica): the global drift compensation's read-out."""
+        assert self.weights is not None
+        used = (np.arange(self.rows)[None, :] < self.rows_used[:, None])[:, None, :, None]  # (B, 1, R, 1)
+        per_column = (np.abs(self.weights) * used).sum(axis=(1, 2)) / (self.rows_used[:, None] * self.weights.shape[1])
+        out = np.empty_like(per_column)
+        for read in {(r.block, r.physical.start, r.physical.stop) for r in self.reads.values()}:
+            b, c0, c1 = read
+            out[b, c0:c1] = per_column[b, c0:c1].mean()
+        return out
+
+    def fold_codes(self, unit: float, step_out: float, g_ratio: float) -> None:
+        """Scale the weights per column by u / (L·step_out), so that products are in ADC codes, and the
+        IR-drop current term by (n / G_ratio)·step_out, so that it is the coefficient's argument a.
+        Only for noisy weights: the exact path keeps the documented fixed-point steps."""
+        assert self.weights is not None
+        self.weights = self.weights * (unit / (self.full_scale * step_out)).astype(F32)[:, None, None, :]
+        self.current_scale = (self.rows_used / g_ratio * step_out).astype(F32)[:, None, None, None]
+        self.codes_folded = True
+
+    def set_ir(self, ir_drop: bool) -> None:
         """IR drop needs Σ w·a·f and Σ |w||a| besides Σ w·a. The first comes from the stack [w | f·w]
         (one product of twice the columns). The second only sets the small coefficient c(a), so it
         uses |W| ≈ Q·(Qᵀ|W|), a rank-32 range sketch (fixed seed, one power iteration): |W| ≥ 0 is
@@ -273,6 +351,8 @@ class AnalogLayer:
         f = ir_drop_factors(self.rows_used, self.rows)  # (B, R)
         self.ir_stack = np.concatenate([self.weights, self.weights * f[:, None, :, None]], axis=-1)
         magnitude = np.abs(self.weights)
+        if self.codes_folded:
+            magnitude *= self.current_scale
         if min(self.rows, self.phys_width) <= 2 * IR_SKETCH_RANK:
             self.abs_weights = magnitude
             return
@@ -282,12 +362,22 @@ class AnalogLayer:
         self.abs_basis = np.ascontiguousarray(basis, F32)  # (B, replicas, R, rank)
         self.abs_coeffs = np.ascontiguousarray(np.swapaxes(basis, -1, -2) @ magnitude, F32)  # (B, replicas, rank, C)
 
-    def abs_current(self, magnitude: np.ndarray, replica: int) -> np.ndarray:
-        """Σ_j |w_ij|·|a_j| (level units) for inputs ``magnitude`` = |d| of shape (B, m, R)."""
+    def workspace(self, name: str, shape: tuple[int, ...], dtype: Any, zero: bool = False) -> np.ndarray:
+        """A scratch array kept between calls (fresh large arrays cost a page fault per page);
+        ``zero``: created zero-filled (callers then only ever write the same region of it)."""
+        cache = self.__dict__.setdefault("_workspace", {})
+        array = cache.get(name)
+        if array is None or array.shape != shape or array.dtype != dtype:
+            array = cache[name] = (np.zeros if zero else np.empty)(shape, dtype)
+        return array
+
+    def abs_current(self, magnitude: np.ndarray, replica: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Σ_j |w_ij|·|a_j| for inputs ``magnitude`` = |d| of shape (B, m, R) (level units, or the
+        coefficient's argument a once `fold_codes` ran)."""
         if self.abs_weights is not None:
-            return np.matmul(magnitude, self.abs_weights[:, replica])
+            return np.matmul(magnitude, self.abs_weights[:, replica], out=out)
         assert self.abs_basis is not None and self.abs_coeffs is not None
-        return np.matmul(np.matmul(magnitude, self.abs_basis[:, replica]), self.abs_coeffs[:, replica])
+        return np.matmul(np.matmul(magnitude, self.abs_basis[:, replica]), self.abs_coeffs[:, replica], out=out)
 
     def replica_spans(self, m: int, chunk: int) -> list[tuple[int, int, int]]:
         """(replica, start, stop) row ranges of at most ``chunk`` rows: replica k serves the k-th
@@ -316,6 +406,22 @@ class AnalogSimulator(Interpreter):
         self.parallel = int(target.array.parallel_devices)
         self.layers = self._layers(module)
         self._layer_of = {key: layer for layer in self.layers for key in layer.reads}
+        self._layer_named = {layer.name: layer for layer in self.layers}
+        #: Calibration hook: called as probe(layer, values, phase) with the ADC inputs of every conversion
+        #: (a (B, m, C) chunk of vectors, chunks in order within each input phase), in codes of the
+        #: target's step, before the range of the array and the conversion apply.
+        self.adc_probe: Any = None
+        self._phase_index = 0
+        self._readouts: dict[tuple[int, float], dict[int, np.ndarray]] = {}
+        for layer in self.layers:
+            for op in layer.ops:
+                for user in op.result.uses:
+                    if user.name == "xbar.accumulate" and all(user is not a for a in layer.accumulates):
+                        layer.accumulates.append(user)
+            self._configure_adc(layer)
+        if options.drift_compensation != "none" and any(op.name == "xbar.drift_compensate" for op in module.ops):
+            raise AfmcError("the module compensates drift itself (xbar.drift_compensate, from calibrate); "
+                            "simulate it without the simulator's drift_compensation option")
         self._pending: dict[int, np.ndarray] = {}
         self._samples = np.random.SeedSequence(options.seed).spawn(options.samples)
         self.sample: int | None = None
@@ -357,10 +463,14 @@ class AnalogSimulator(Interpreter):
         if not 0 <= sample < len(self._samples):
             raise AfmcError(f"sample {sample} is outside 0..{len(self._samples) - 1}")
         self.sample, self.time = sample, None
+        self._readouts.clear()
         seq = self._samples[sample]
         for layer in self.layers:
             if self.device_effects:
                 layer.program(self.device, _child(seq, 0, layer.index), self.options.effects, self.parallel)
+                if self.options.drift_compensation == "global":  # the reference read, at t0
+                    layer.set_time(self.device, 0.0, _child(seq, 1, 0, layer.index), self.options.effects)
+                    layer.reference_read = layer.mean_abs_weight()
             else:
                 layer.programmed = None
 
@@ -374,12 +484,21 @@ class AnalogSimulator(Interpreter):
         seq = self._samples[self.sample]
         key = time_key(t)
         ir = self.options.ir_drop > 0
+        units = {phase.unit for phase in self.dac.phases}
         for layer in self.layers:
             if self.device_effects:
-                layer.set_time(self.device, t, _child(seq, 1, key, layer.index), self.options.effects, ir)
+                layer.set_time(self.device, t, _child(seq, 1, key, layer.index), self.options.effects)
+                layer.alpha = None
+                if self.options.drift_compensation == "global":
+                    layer.alpha = (layer.reference_read / np.maximum(layer.mean_abs_weight(), 1e-30)).astype(F32)
+                layer.__dict__.pop("_phase_factors", None)
+                if len(units) == 1:  # fold the ADC scaling into the weights: products come out in codes
+                    layer.fold_codes(next(iter(units)), self.adc.step, self.options.ir_drop_g_ratio)
+                layer.set_ir(ir)
             else:
                 layer.set_exact(ir)
         self.time = t
+        self._readouts.clear()
         self._noise_seq = _child(seq, 2, key)
         self._calls = 0
 
@@ -392,6 +511,9 @@ class AnalogSimulator(Interpreter):
             self._pending.clear()
 
     def run_op(self, op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+        if op.name == "xbar.drift_compensate" and not self.options.ideal:
+            assert args[0] is not None
+            return [self._compensate(op, args[0])]
         if op.name == "xbar.mvm":
             result = self._pending.pop(id(op), None)
             if result is None:
@@ -410,117 +532,293 @@ class AnalogSimulator(Interpreter):
 
     def forward(self, layer: AnalogLayer, unfolded: np.ndarray) -> dict[int, np.ndarray]:
         """Every array read of ``layer`` for one unfolded input: op id → level-domain result."""
-        x = layer.gather(unfolded)
+        a = np.asarray(unfolded, F32)
+        if not self.options.ideal:
+            return layer.split(self._read_quantised(layer, *self._quantise(layer, a)))
+        if layer.contiguous:
+            return layer.split(np.matmul(a, layer.signed_levels))
+        y = np.empty((len(layer.blocks), a.shape[1], layer.width), F32)
+        for b, (g, r0, r1) in enumerate(layer.blocks):  # strided views: BLAS reads the rows in place
+            np.matmul(a[g, :, r0:r1], layer.signed_levels[b, : r1 - r0], out=y[b])
+        return layer.split(y)
+
+    # -- calibration ------------------------------------------------------------------------------
+    def layer_for(self, op: Op) -> AnalogLayer:
+        """The layer an ``xbar.mvm`` belongs to."""
+        return self._layer_of[id(op)]
+
+    @property
+    def noise_calls(self) -> int:
+        """Reads done since `set_time`: the key of the next read's output noise (settable, so that a
+        caller can repeat a read with the same noise draws)."""
+        return self._calls
+
+    @noise_calls.setter
+    def noise_calls(self, value: int) -> None:
+        self._calls = int(value)
+
+    def set_input_scale(self, layer: AnalogLayer, scale: float | None) -> None:
+        """A static input (DAC) scale for every block of ``layer`` (None: abs-max per vector)."""
+        layer.input_scale = None if scale is None else np.full(len(layer.blocks), float(scale))
+
+    def set_adc_scale(self, layer: AnalogLayer, factors: Mapping[int, float] | None) -> None:
+        """ADC ranges per array (mvm op id → factor on the target's range; missing arrays keep it)."""
+        if not factors:
+            layer.adc_scale = layer.adc_gain = None
+        else:
+            scale = np.ones((len(layer.blocks), layer.phys_width))
+            for key, factor in factors.items():
+                read = layer.reads[key]
+                scale[read.block, read.physical] = float(factor)
+            layer.adc_scale = scale
+            layer.adc_gain = (1.0 / scale).astype(F32)[:, None, :]
+        layer.__dict__.pop("_phase_factors", None)
+        self._readouts.clear()
+
+    def _configure_adc(self, layer: AnalogLayer) -> None:
+        """ADC ranges from the ``adc_range`` attributes (each the target's range times one factor)."""
+        factors: dict[int, float] = {}
+        for key, read in layer.reads.items():
+            bounds = read.op.attr("adc_range")
+            if bounds is None:
+                continue
+            lo, hi = float(bounds[0]), float(bounds[1])
+            factor = (hi - lo) / (self.adc.hi - self.adc.lo)
+            if not (factor > 0 and math.isclose(lo, self.adc.lo * factor, rel_tol=1e-9, abs_tol=1e-12)
+                    and math.isclose(hi, self.adc.hi * factor, rel_tol=1e-9, abs_tol=1e-12)):
+                raise AfmcError(f"adc_range {[lo, hi]} is not the target's adc.output_range "
+                                f"{[self.adc.lo, self.adc.hi]} times a positive factor", node=read.op.loc or None)
+            factors[key] = factor
+        self.set_adc_scale(layer, factors)
+
+    def adc_bound(self, layer: AnalogLayer, op: Op) -> float:
+        """The largest |value| the ADC of an array converts (normalised units)."""
+        read = layer.reads[id(op)]
+        factor = 1.0 if layer.adc_scale is None else float(layer.adc_scale[read.block, read.physical].max())
+        return max(abs(self.adc.lo), abs(self.adc.hi)) * factor
+
+    def readout(self, layer: AnalogLayer, amplitude: float) -> dict[int, np.ndarray]:
+        """The one-hot readout (REFERENCE.md §1): each row of every array driven alone at ``amplitude``
+        (normalised input, rounded to a DAC code) through the non-ideal path, the reads combined like
+        the layer's outputs. Per ``xbar.accumulate`` of the layer (op id): the measured (K × c) weights."""
+        key = (layer.index, float(amplitude))
+        cached = self._readouts.get(key)
+        if cached is not None:
+            return cached
+        blocks, rows = len(layer.blocks), layer.rows
         if self.options.ideal:
-            return layer.split(np.matmul(x, layer.signed_levels))
-        return layer.split(self._read(layer, x))
+            out = layer.signed_levels.astype(np.float64)
+        else:
+            if self.sample is None or self.time is None:
+                raise AfmcError("program() and set_time() must come before a readout")
+            code = float(amplitude) / self.dac.step
+            if self.dac.quantize:
+                code = float(np.clip(np.rint(code), 1, self.dac.q_hi))
+            q = np.zeros((blocks, rows, rows), F32)
+            for b, n in enumerate(layer.rows_used):
+                q[b, np.arange(n), np.arange(n)] = code
+            s = np.full((blocks, rows, 1), 1.0 / (code * self.dac.step), F32)
+            saved = self._noise_seq, self._calls
+            self._noise_seq = _child(self._samples[self.sample], 3, time_key(self.time), layer.index)
+            self._calls = 0
+            try:
+                out = np.array(self._read_quantised(layer, q, s), np.float64)
+            finally:
+                self._noise_seq, self._calls = saved
+        result: dict[int, np.ndarray] = {}
+        for acc in layer.accumulates:
+            c0, c1 = acc.attr("cols")
+            matrix = np.zeros((layer.depth, c1 - c0))
+            for scale, value in zip(acc.attr("scales"), acc.operands):
+                read = layer.reads.get(id(value.producer)) if value is not None and value.producer is not None else None
+                if read is None:
+                    raise AfmcError(f"layer {layer.name}: an xbar.accumulate reads values of other layers", node=acc.loc or None)
+                r0, r1 = read.op.attr("rows")
+                matrix[r0:r1] += scale * out[read.block, : r1 - r0, read.logical]
+            if acc.attr("column_scales") is not None:
+                matrix *= np.asarray(acc.attr("column_scales"), np.float64)
+            result[id(acc)] = matrix
+        self._readouts[key] = result
+        return result
+
+    def reference_level(self, layer: AnalogLayer, amplitude: float, acc: Op | None = None) -> np.ndarray | float:
+        """r of the drift compensation: mean |readout| over the whole layer (``acc`` None: global mode),
+        or per column of one accumulate's block (column mode)."""
+        readout = self.readout(layer, amplitude)
+        if acc is None:
+            return float(np.mean(np.concatenate([np.abs(m).reshape(-1) for m in readout.values()])))
+        return np.abs(readout[id(acc)]).mean(axis=0)
+
+    def _compensate(self, op: Op, y: np.ndarray) -> np.ndarray:
+        """``xbar.drift_compensate``: y · reference / r_t."""
+        layer = self._layer_named.get(str(op.attr("layer")))
+        source = op.operands[0]
+        acc = source.producer if source is not None else None
+        if layer is None or acc is None or all(acc is not a for a in layer.accumulates):
+            raise AfmcError("xbar.drift_compensate must read an xbar.accumulate of its layer", node=op.loc or None)
+        amplitude = float(op.attr("amplitude"))
+        if op.attr("mode") == "global":
+            level = float(self.reference_level(layer, amplitude))
+            alpha: Any = float(op.attr("reference")) / max(level, 1e-30)
+        else:
+            level_c = np.asarray(self.reference_level(layer, amplitude, acc), np.float64)
+            alpha = np.asarray(op.attr("reference"), np.float64) / np.maximum(level_c, 1e-30)
+        return (np.asarray(y, np.float64) * alpha).astype(F32)
+
+    def _quantise(self, layer: AnalogLayer, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per block: the noise-management scales s (B, M, 1) and the DAC's q (B, M, R), zero-padded."""
+        abs_max = self.options.noise_management == "abs_max"
+        static = layer.input_scale
+        if layer.contiguous:
+            if static is not None:  # calibrated static ranges
+                s = np.repeat(static.astype(F32)[:, None, None], a.shape[1], axis=1)
+            else:
+                s = abs_max_scale(a) if abs_max else np.ones(a.shape[:2] + (1,), F32)
+            return self.dac.normalise(a, s), s
+        q = layer.workspace("q", (len(layer.blocks), a.shape[1], layer.rows), F32, zero=True)
+        s = np.ones((len(layer.blocks), a.shape[1], 1), F32)
+        for b, (g, r0, r1) in enumerate(layer.blocks):
+            part = a[g, :, r0:r1]
+            if static is not None:
+                s[b] = F32(static[b])
+            elif abs_max:
+                s[b] = abs_max_scale(part)
+            self.dac.normalise(part, s[b], out=q[b, :, : r1 - r0])
+        return q, s
 
     def _read(self, layer: AnalogLayer, x: np.ndarray) -> np.ndarray:
+        """`_read_quantised` of a gathered (B, M, R) input stack (the result is the layer's workspace:
+        valid until the layer is read again)."""
+        s = abs_max_scale(x) if self.options.noise_management == "abs_max" else np.ones(x.shape[:2] + (1,), F32)
+        return self._read_quantised(layer, self.dac.normalise(x, s), s)
+
+    def _read_quantised(self, layer: AnalogLayer, q: np.ndarray, s: np.ndarray) -> np.ndarray:
         """The non-ideal reads of one layer: (B, M, R) inputs → (B, M, width) level-domain results.
 
-        Per input phase, one batched product over the whole layer (BLAS uses every core); the
-        element-wise converter steps then run over chunks of vectors small enough to stay in cache,
-        on a thread pool (numpy releases the GIL). Each chunk draws its noise from its own
-        generator, keyed by (call, phase, chunk), so results do not depend on scheduling."""
-        options = self.options
+        Per input phase, one batched product over the whole layer (BLAS uses every core) into a
+        workspace kept between calls; the element-wise converter steps then run over chunks of
+        vectors small enough to stay in cache. Each chunk draws its noise from its own generator,
+        keyed by (call, phase, chunk), so results do not depend on how chunks are scheduled."""
         assert layer.weights is not None and self._noise_seq is not None
-        s = abs_max_scale(x) if options.noise_management == "abs_max" else np.ones(x.shape[:2] + (1,), F32)
-        q = self.dac.normalise(x, s)
-        blocks, vectors = x.shape[:2]
-        out = np.empty((blocks, vectors, layer.width), F32)
+        blocks, vectors = q.shape[:2]
+        # The results live in a workspace too: each array's result is read (by xbar.accumulate)
+        # before the layer runs again, and large fresh arrays cost a page fault per 4 KiB.
+        out = layer.workspace("out", (blocks, vectors, layer.width), F32)
         spans = layer.replica_spans(vectors, vectors)
         ir = layer.ir_stack is not None
-        rows = max(8, _CHUNK_ELEMENTS // max(1, blocks * layer.phys_width * (3 if ir else 1)))
+        width = layer.phys_width
+        rows = max(1, _CHUNK_ELEMENTS // max(1, blocks * width))
         chunks = [(m0, min(m0 + rows, vectors)) for m0 in range(0, vectors, rows)]
         self._calls += 1
         call = self._calls
         factors = self._factors(layer)
         exact64 = not self.device_effects and layer.exact_dtype is not F32  # type: ignore[attr-defined]
-        width = layer.phys_width
         last = len(self.dac.phases) - 1
         for p, (phase, k) in enumerate(zip(self.dac.phases, factors)):
+            self._phase_index = p  # for adc_probe
             d = self.dac.digit(q, phase)
             weights = layer.ir_stack if ir else layer.weights
             assert weights is not None
             if exact64:
                 d, weights = d.astype(np.float64), weights.astype(np.float64)
-            prod = np.empty((blocks, vectors, weights.shape[-1]), d.dtype)
+            prod = layer.workspace("prod", (blocks, vectors, weights.shape[-1]), d.dtype)
             for replica, m0, m1 in spans:
                 np.matmul(d[:, m0:m1], weights[:, replica], out=prod[:, m0:m1])
             current = None
-            if ir:  # Σ |w||a|, for the IR-drop coefficient
+            if ir:  # Σ |w||a| (level units), for the IR-drop coefficient
                 magnitude = d if d.min() >= 0 else np.abs(d)
-                current = np.empty((blocks, vectors, width), F32)
+                current = layer.workspace("current", (blocks, vectors, width), F32)
                 for replica, m0, m1 in spans:
-                    current[:, m0:m1] = layer.abs_current(magnitude[:, m0:m1], replica)
+                    layer.abs_current(magnitude[:, m0:m1], replica, out=current[:, m0:m1])
             sigma = self._noise_sigma(layer, d, phase.unit)
-
-            def task(index: int, p: int = p, phase: Any = phase, k: dict[str, np.ndarray] = k,
-                     prod: np.ndarray = prod, current: np.ndarray | None = current, sigma: Any = sigma) -> None:
-                m0, m1 = chunks[index]
-                rows_sigma = sigma[:, m0:m1] if isinstance(sigma, np.ndarray) else sigma
+            table = self._noise_table(sigma) if sigma is not None and not isinstance(sigma, np.ndarray) else None
+            scratch = np.empty((blocks, rows, width), F32)
+            for index, (m0, m1) in enumerate(chunks):
                 part = prod[:, m0:m1]
-                y = self._convert(layer, part[..., :width], k, rows_sigma, _child(self._noise_seq, call, p, index),
-                                  None if current is None else part[..., width:],
-                                  None if current is None else current[:, m0:m1])
+                y = self._convert(
+                    layer, part[..., :width], k, sigma[:, m0:m1] if isinstance(sigma, np.ndarray) else sigma, table,
+                    _child(self._noise_seq, call, p, index), None if current is None else part[..., width:],
+                    None if current is None else current[:, m0:m1], scratch[:, : m1 - m0])
                 target = out[:, m0:m1]
-                if p == 0:
+                if p == 0 and p == last:
+                    np.multiply(y, s[:, m0:m1], out=target)
+                elif p == 0:
                     target[...] = y
                 else:
                     target += y
-                if p == last:
-                    target *= s[:, m0:m1]
-
-            _run_tasks(task, len(chunks))
+                    if p == last:
+                        target *= s[:, m0:m1]
         return out
 
+    def _factors(self, layer: AnalogLayer) -> list[dict[str, np.ndarray]]:
+        """Per phase, the per-column constants of the documented arithmetic (float32, shape (B, 1, C))."""
+        cached = layer.__dict__.get("_phase_factors")
+        if cached is not None and cached[0] == layer.codes_folded:
+            return cached[1]
+        dac, adc, options = self.dac, self.adc, self.options
+        full = layer.full_scale[:, None, :]  # L per physical column
+        rows = layer.rows_used.astype(np.float64)[:, None, None]
+        alpha = 1.0 if layer.alpha is None else layer.alpha[:, None, :].astype(np.float64)
+        ranges = 1.0 if layer.adc_scale is None else layer.adc_scale[:, None, :]
+        factors = []
+        for phase in dac.phases:
+            factors.append({
+                "to_codes": (phase.unit / (full * adc.step)).astype(F32),  # u / (L·step_out): level units → codes
+                "back": (phase.weight * dac.step * adc.step * full / phase.unit * alpha * ranges).astype(F32),
+                "ir_current": (rows / options.ir_drop_g_ratio * phase.unit / full).astype(F32),  # → a
+            })
+            if layer.codes_folded:  # already in the weights
+                del factors[-1]["to_codes"], factors[-1]["ir_current"]
+        layer._phase_factors = (layer.codes_folded, factors)  # type: ignore[attr-defined]
+        return factors
+
+    def _noise_table(self, sigma: float) -> np.ndarray:
+        """The normal quantile table scaled by σ (cached: σ is fixed for a simulator)."""
+        cached = getattr(self, "_table", None)
+        if cached is None or cached[0] != sigma:
+            cached = (sigma, normal_quantiles() * F32(sigma))
+            self._table = cached
+        return cached[1]
+
     def _convert(self, layer: AnalogLayer, acc: np.ndarray, k: dict[str, np.ndarray], sigma: Any,
-                 seq: np.random.SeedSequence, signed: np.ndarray | None, current: np.ndarray | None) -> np.ndarray:
+                 table: np.ndarray | None, seq: np.random.SeedSequence, signed: np.ndarray | None,
+                 current: np.ndarray | None, scratch: np.ndarray) -> np.ndarray:
         """One phase of a chunk of reads, from the level-domain products to the recombined results:
-        to ADC codes, IR drop, noise, conversion, back to level units, reference column subtracted."""
-        if acc.dtype == F32:
-            y = np.multiply(acc, k["to_codes"])
+        IR drop, to ADC codes, noise, conversion, back to level units, reference column subtracted.
+        ``acc`` (a view into the workspace) is overwritten."""
+        if signed is not None and current is not None:  # acc −= ir_drop · c(a) · Σ w·a·f
+            a = np.multiply(current, k["ir_current"], out=scratch) if "ir_current" in k else current
+            c = np.multiply(a, F32(0.05 * self.options.ir_drop), out=scratch if a is current else None)
+            c -= F32(0.2 * self.options.ir_drop)
+            c *= a
+            c += F32(0.5 * self.options.ir_drop)
+            c *= a
+            c *= signed
+            acc -= c
+        if "to_codes" not in k:  # folded into the weights
+            y = acc
+        elif acc.dtype == F32:
+            y = np.multiply(acc, k["to_codes"], out=acc)
         else:  # the float64 product of exact integers, rounded once
             y = (acc * k["to_codes"]).astype(F32)
-        if signed is not None and current is not None:  # y −= c(a) · ir_drop · Σ w·a·f, in ADC codes
-            c = ir_drop_coefficient(np.multiply(current, k["ir_current"], dtype=F32))
-            c *= signed
-            c *= k["ir_codes"]
-            y -= c
         if sigma is not None:
             rng = np.random.Generator(np.random.PCG64(seq))
-            if isinstance(sigma, np.ndarray):  # per-row σ (per-read device noise)
-                noise = gaussian_noise(rng, y.shape)
+            if table is not None:
+                y += gaussian_noise(rng, y.shape, table=table, out=scratch)
+            else:  # per-row σ (per-read device noise)
+                noise = gaussian_noise(rng, y.shape, out=scratch)
                 noise *= sigma
                 y += noise
-            else:
-                y += gaussian_noise(rng, y.shape, sigma)
+        if self.adc_probe is not None:
+            self.adc_probe(layer, y, self._phase_index)
+        if layer.adc_gain is not None:
+            y *= layer.adc_gain
         if self.options.adc:
             self.adc.convert(y)
         y *= k["back"]
         if layer.weight_index is not None:
             y = y[..., layer.weight_index] - y[..., layer.ref_index]
         return y
-
-    def _factors(self, layer: AnalogLayer) -> list[dict[str, np.ndarray]]:
-        """Per phase, the per-column constants of the documented arithmetic (float32, shape (B, 1, C))."""
-        cached = getattr(layer, "_phase_factors", None)
-        if cached is not None and cached[0] == id(self):
-            return cached[1]
-        dac, adc, options = self.dac, self.adc, self.options
-        full = layer.full_scale[:, None, :]  # L per physical column
-        rows = layer.rows_used.astype(np.float64)[:, None, None]
-        factors = []
-        for phase in dac.phases:
-            to_codes = phase.unit / (full * adc.step)  # u / (L · step_out): level units → ADC codes
-            factors.append({
-                "to_codes": to_codes.astype(F32),
-                "back": (phase.weight * dac.step * adc.step * full / phase.unit).astype(F32),
-                "ir_current": (rows / options.ir_drop_g_ratio * phase.unit / full).astype(F32),
-                "ir_codes": (options.ir_drop * to_codes).astype(F32),
-            })
-        layer._phase_factors = (id(self), factors)  # type: ignore[attr-defined]
-        return factors
 
     def _noise_sigma(self, layer: AnalogLayer, d: np.ndarray, unit: float) -> np.ndarray | float | None:
         """σ of the noise of each read in ADC code units: output noise, plus per-read device noise
@@ -542,14 +840,15 @@ CHUNKED_ELEMENTWISE = frozenset({"nn.erf", "nn.sigmoid"})
 
 def _chunked(fn: Any, x: np.ndarray) -> np.ndarray:
     flat = np.ascontiguousarray(x).reshape(-1)
-    parts = [fn(flat[i:i + _CHUNK_ELEMENTS // 8]) for i in range(0, flat.size, _CHUNK_ELEMENTS // 8)]
+    step = _CHUNK_ELEMENTS // 2
+    parts = [fn(flat[i:i + step]) for i in range(0, flat.size, step)]
     return np.concatenate(parts).reshape(np.shape(x))
 
 
-#: Rank of the sketch of |W| in the IR-drop coefficient (see `AnalogLayer._set_ir`).
+#: Rank of the sketch of |W| in the IR-drop coefficient (see `AnalogLayer.set_ir`).
 IR_SKETCH_RANK = 32
-#: Elements of one chunk's (B, rows, C) result: ~1 MB of float32, to stay in cache.
-_CHUNK_ELEMENTS = 1 << 18
+#: Elements of one chunk's (B, rows, C) result: 256 KB of float32, so a few stay in a core's L2 cache.
+_CHUNK_ELEMENTS = 1 << 16
 _POOL: Any = None
 
 
