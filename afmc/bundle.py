@@ -139,8 +139,12 @@ def write_bundle(
 ) -> None:
     """Write the bundle for a compiled module to ``path`` (a directory), atomically."""
     path = Path(path)
-    if path.exists() and not force:
-        raise UsageError(f"{path} exists; pass --force to overwrite it")
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise UsageError(f"{path} exists; pass --force to overwrite it")
+        if not replaceable_bundle(path):
+            raise UsageError(f"{path} is not an afmc bundle (a directory with manifest.json); "
+                             "--force replaces only bundles and empty directories")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging: Path | None = None
     try:
@@ -176,6 +180,14 @@ def write_bundle(
             with signals_deferred():
                 shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def replaceable_bundle(path: Path) -> bool:
+    """What ``--force`` may replace: a bundle or an empty directory, never a link, a file or a
+    device (``-o /dev/null --force`` as root must not delete /dev/null; ``-o ~`` not your home)."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return (path / "manifest.json").is_file() or not any(path.iterdir())
 
 
 def _test_delay() -> None:

@@ -51,6 +51,8 @@ def write_text_atomically(path: Path, text: str, force: bool) -> None:
     the write removes the temporary file (``signals_deferred`` guards its creation and rename)."""
     if path.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite it")
+    if path.exists() and not path.is_file():  # a device (/dev/null), a FIFO, a directory
+        raise UsageError(f"{path} is not a regular file; --force replaces only files")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp: str | None = None
     try:
@@ -99,15 +101,20 @@ def cli(verbose: int) -> None:
 @click.option("--timing", is_flag=True, help="Print the time each pass took.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report JSON here.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice.")
+@click.option("--calibration-data", "calibration_data", metavar="F.npz|none",
+              help="Model inputs (.npz, one array per input, any number of rows) for the calibrate pass. "
+                   "Default: MODEL's <name>_calibration.npz beside it, if any (the samples ship one); "
+                   "'none': calibrate without data.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def compile_command(
     model: Path, target: str | None, output: Path | None, input_shape: tuple[str, ...], pipeline: str | None,
     print_before: tuple[str, ...], print_after: tuple[str, ...], dump_ir_dir: Path | None, timing: bool,
-    report_path: Path | None, seed: int, force: bool,
+    report_path: Path | None, seed: int, calibration_data: str | None, force: bool,
 ) -> None:
     """Compile MODEL (ONNX, or IR text .mlir) for a target and write the bundle.
 
-    Without --target only the target-independent passes run and the IR text is written.
+    Without --target only the target-independent passes run and the IR text is written. With a
+    calibrate pass in the pipeline, the calibration data's first batch becomes the bundle's sample inputs.
     """
     from .bundle import write_bundle
     from .driver import (
@@ -131,8 +138,11 @@ def compile_command(
     instruments = Instrumentation(
         frozenset(print_before), frozenset(print_after), dump_ir_dir, timing, stream=sys.stderr
     )
+    data_path = _calibration_path(model, calibration_data, spec is not None,
+                                  any(p.name == "calibrate" for p in passes))
     module = load_module(model, shapes)
-    result = compile_module(module, spec, instruments=instruments, seed=seed, passes=passes)
+    data, sample = _calibration_arrays(module, data_path)
+    result = compile_module(module, spec, instruments=instruments, seed=seed, passes=passes, calibration_data=data)
     if timing:
         sys.stderr.write(instruments.timing_report())
     if spec is None:
@@ -146,12 +156,49 @@ def compile_command(
     raise_if_does_not_fit(report)
     assert output is not None
     extra = {"model": report["model"], "seed": seed, "pipeline": ",".join(str(p.name) for p in passes)}
-    write_bundle(output, result.module, spec, report, extra, force=force)
+    if "calibration" in result.context.report:
+        extra["calibration"] = {"data": None if data_path is None else data_path.name,
+                                **result.context.report["calibration"]}
+    write_bundle(output, result.module, spec, report, extra, inputs=sample, force=force)
     if report_path is not None:
         write_text_atomically(report_path, to_json(report), force)
     tiles = report["tiles"]
+    calibrated = f", calibrated on {data_path.name}" if data_path is not None else ""
     click.echo(f"afmc: wrote {output} ({tiles['required']} of {tiles['available']} arrays, "
-               f"{len(report['layers'])} analog layers)", err=True)
+               f"{len(report['layers'])} analog layers{calibrated})", err=True)
+
+
+def _calibration_path(model: Path, given: str | None, has_target: bool, calibrates: bool) -> Path | None:
+    """The calibration data file: ``--calibration-data``, else ``<model stem>_calibration.npz`` beside the
+    model when the pipeline calibrates; ``none`` for no data."""
+    if given is not None and given.lower() == "none":
+        return None
+    if given is not None:
+        if not has_target:
+            raise UsageError("--calibration-data needs --target (only a target's pipeline calibrates)")
+        path = Path(given)
+        if not path.is_file():
+            raise UsageError(f"--calibration-data {given}: no such file")
+        return path
+    default = model.with_name(f"{model.stem}_calibration.npz")
+    return default if has_target and calibrates and default.is_file() else None
+
+
+def _calibration_arrays(module: Any, path: Path | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the checked calibration arrays, their first batch as the bundle's sample inputs), or (None, None)."""
+    if path is None:
+        return None, None
+    from .bundle import read_npz
+    from .passes.calibrate import calibration_chunks, check_calibration_data
+
+    try:
+        arrays = check_calibration_data(module, read_npz(path))
+    except AfmcError as exc:
+        exc.file = exc.file or str(path)
+        raise
+    batch = module.inputs[0].type.shape[0] if module.inputs and module.inputs[0].type.rank else 0
+    runs, _ = calibration_chunks(module, arrays, batch)  # one run: the first batch
+    return arrays, runs[0]
 
 
 @cli.command("check", context_settings=CONTEXT)

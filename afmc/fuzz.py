@@ -191,10 +191,16 @@ def _m_bytes(model: onnx.ModelProto, data: bytes, rng: random.Random, ws: Worksp
     return mangle_bytes(data, rng)
 
 
+def _is_repeated(fd: FieldDescriptor) -> bool:
+    from .frontend.loader import _is_repeated as repeated
+
+    return repeated(fd)
+
+
 def _set_fields(message: Any) -> Iterator[tuple[Any, FieldDescriptor, int | None]]:
     """(message, field, index in a repeated field or None) of every set field, depth first."""
     for fd, value in message.ListFields():
-        repeated = fd.label == FieldDescriptor.LABEL_REPEATED
+        repeated = _is_repeated(fd)
         items = list(enumerate(value)) if repeated else [(None, value)]
         for index, item in items:
             yield message, fd, index
@@ -234,7 +240,7 @@ def _m_proto_field(model: onnx.ModelProto, data: bytes, rng: random.Random, ws: 
         message, fd, index = rng.choice(fields)
         container = getattr(message, fd.name)
         action = rng.randrange(5)
-        if fd.label == FieldDescriptor.LABEL_REPEATED:
+        if _is_repeated(fd):
             assert index is not None
             if action == 0:
                 del container[index]
@@ -288,17 +294,13 @@ def _m_dims(model: onnx.ModelProto, data: bytes, rng: random.Random, ws: Workspa
 def _m_dtype(model: onnx.ModelProto, data: bytes, rng: random.Random, ws: Workspace) -> bytes:
     """Wrong element types on initializers, declared values and Cast-like attributes."""
     codes = [*TensorProto.DataType.values(), 99, 2**31 - 1]
-    targets: list[Callable[[int], None]] = []
-    for tensor in model.graph.initializer:
-        targets.append(lambda c, t=tensor: setattr(t, "data_type", c))
-    for info in _value_infos(model):
-        targets.append(lambda c, i=info: setattr(i.type.tensor_type, "elem_type", c))
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.name in ("to", "dtype", "stash_type", "output_dtype"):
-                targets.append(lambda c, a=attr: setattr(a, "i", c))
+    fields: list[tuple[Any, str]] = [(tensor, "data_type") for tensor in model.graph.initializer]
+    fields += [(info.type.tensor_type, "elem_type") for info in _value_infos(model)]
+    fields += [(attr, "i") for node in model.graph.node for attr in node.attribute
+               if attr.name in ("to", "dtype", "stash_type", "output_dtype")]
     for _ in range(rng.randint(1, 2)):
-        rng.choice(targets)(rng.choice(codes))
+        message, name = rng.choice(fields)
+        setattr(message, name, rng.choice(codes))
     return model.SerializeToString()
 
 
@@ -698,17 +700,24 @@ def _t_range(text: str, rng: random.Random) -> bytes:
 
 @mutator("toml", "big-chip")
 def _t_big_chip(text: str, rng: random.Random) -> bytes:
-    """The largest chip the schema allows (or just over): the mesh, cores, arrays, array size."""
+    """The largest chips the schema allows, and just over: meshes, cores, arrays, array sizes,
+    thousands of dead cores; mostly valid, so that the passes get to work on them."""
     data = tomllib.loads(text)
     chip = data.setdefault("chip", {})
-    x, y = rng.choice([(4096, 4096), (4096, 1), (1, 4096), (2048, 2048), (4097, 4096)])
-    chip.update(mesh_x=x, mesh_y=y, cores=x * y, dead_cores=[])
-    if rng.random() < 0.5:
-        chip["arrays_per_core"] = rng.choice([2**20, 2**20 + 1, 1])
-    if rng.random() < 0.5 and "array" in data:
-        data["array"].update(rows=rng.choice([1, 65536]), cols=rng.choice([1, 2, 65536]))
+    x, y = rng.choice([(1024, 1024), (4096, 1), (1, 4096), (256, 256), (64, 4096), (1024, 1025), (4096, 4096)])
+    dead: list[list[int]] = []
     if rng.random() < 0.3:
-        chip["dead_cores"] = [[rng.randrange(x + 1), rng.randrange(y + 1)] for _ in range(rng.randint(1, 50))]
+        cells = rng.sample(range(x * y), min(x * y - 1, rng.choice([1, 100, 5000])))
+        dead = [[c % x, c // x] for c in cells]
+        if rng.random() < 0.2:
+            dead.append(rng.choice([[x, 0], [0, y], list(dead[0])]))  # outside the mesh, or twice
+    chip.update(mesh_x=x, mesh_y=y, cores=x * y - len(dead), dead_cores=dead, io=[0, 0])
+    chip["arrays_per_core"] = rng.choice([1, 1, 1, 16, 2**20, 2**20 + 1])
+    if rng.random() < 0.1:
+        chip["io"] = [x - 1, y] if rng.random() < 0.5 else [x - 1, y - 1]
+    if rng.random() < 0.5 and "array" in data:
+        data["array"].update(rows=rng.choice([1, 2, 65536]), cols=rng.choice([4, 64, 65536]))
+        data["adc"]["columns_per_adc"] = 1
     return dump_toml(data).encode()
 
 
@@ -926,7 +935,11 @@ def judge(outcome: Outcome) -> str | None:
         return f"exit 0 with an error line: {errors[0]!r}"
     if len(errors) > 1:  # exit 3: check's report (no error line), or DoesNotFit's one line
         return f"more than one error line: {errors[:3]!r}"
-    stray = [line for line in err_lines if not line.startswith("afmc: ")]
+    # after the error line only a pipeline string's diagram: the string, a caret under the bad token
+    caret = err_lines[err_lines.index(errors[0]) + 1 :] if errors else []
+    if caret and not (len(caret) == 2 and all(line.startswith("  ") for line in caret) and caret[1].strip() == "^"):
+        return f"stray output after the error line: {caret[:3]!r}"
+    stray = [line for line in err_lines if not line.startswith("afmc: ") and line not in caret]
     if stray:
         return f"stray output on stderr: {stray[:3]!r}"
     return None
@@ -984,18 +997,41 @@ QUICK_PIPELINE = "canonicalize,fold-constants,fold-batchnorm,canonicalize,partit
 
 
 def commands(case: Case, path: Path, quick: bool = False) -> list[list[str]]:
-    """The ``afmc`` commands a case runs on its mutated file; ``quick`` checks with ``QUICK_PIPELINE``
-    instead of the target's own."""
+    """The ``afmc`` commands a case runs on its mutated file: ``ir``, ``check`` and ``compile`` (its
+    bundle and report in the case's folder) for models and IR text; ``targets`` and ``check
+    --target FILE`` for target files. ``quick`` compiles with ``QUICK_PIPELINE`` instead of the
+    target's own pipeline."""
     pipeline = ["--pipeline", QUICK_PIPELINE] if quick else []
-    if case.family == "model":
-        sample = _sample_of(case)
-        shape = ["--input-shape", SAMPLE_SHAPES[sample]] if case.seed % 7 else []
-        return [["ir", str(path), *shape], ["check", str(path), "--target", "pcm", *shape, *pipeline]]
     if case.family == "toml":
         model = str(SAMPLES / "mlp_digits.onnx")
         return [["targets", str(path)],
                 ["check", model, "--target", str(path), "--input-shape", "input=1x64", *pipeline]]
-    return [["ir", str(path)], ["check", str(path), "--target", "pcm", *pipeline]]
+    shape = []
+    if case.family == "model" and case.seed % 7:
+        shape = ["--input-shape", SAMPLE_SHAPES[_sample_of(case)]]
+    outputs = ["-o", str(path.parent / BUNDLE), "--report", str(path.parent / REPORT)]
+    return [["ir", str(path), *shape], ["check", str(path), "--target", "pcm", *shape, *pipeline],
+            ["compile", str(path), "--target", "pcm", *shape, *pipeline, *outputs]]
+
+
+#: Where a case's ``afmc compile`` writes, in the case's folder.
+BUNDLE, REPORT = "out.afmc", "report.json"
+
+
+def check_outputs(outcome: Outcome, folder: Path) -> str | None:
+    """After ``afmc compile``: a whole bundle and report on success, nothing at all otherwise, and
+    never a staging directory or temporary file (names starting with '.') left behind."""
+    hidden = sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    if hidden:
+        return f"left {hidden} behind"
+    bundle, report = folder / BUNDLE, folder / REPORT
+    if outcome.code == 0:
+        files = sorted(p.name for p in bundle.iterdir()) if bundle.is_dir() else []
+        if len(files) < 6 or not report.is_file():
+            return f"exit 0 but the bundle holds {files} and the report {'is' if report.is_file() else 'is not'} there"
+    elif bundle.exists() or report.exists():
+        return f"exit {outcome.code} but {'the bundle' if bundle.exists() else 'the report'} was written"
+    return None
 
 
 def _sample_of(case: Case) -> str:
@@ -1026,7 +1062,10 @@ def run_case(case: Case, root: Path, quick: bool = False) -> CaseResult:
     path = write_case(case, ws)
     result = CaseResult(case)
     for argv in commands(case, path, quick):
-        result.outcomes.append(run_cli(argv))
+        outcome = run_cli(argv)
+        if argv[0] == "compile" and outcome.problem is None:
+            outcome.problem = check_outputs(outcome, path.parent)
+        result.outcomes.append(outcome)
     shutil.rmtree(root, ignore_errors=True)
     return result
 
@@ -1041,26 +1080,31 @@ def limit_memory(limit: int = CASE_MEMORY) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def worker(root: Path) -> None:
+def worker(root: Path, quick: bool = False) -> None:
     """Read case names on stdin, one per line; write one JSON result per line on stdout.
 
-    Run by ``bench/fuzz.py`` as ``python -m afmc.fuzz worker ROOT`` under ``limit_memory``; the
-    parent kills and restarts it when a case overstays ``CASE_SECONDS``.
+    Run by ``bench/fuzz.py`` (and the tests) as ``python -m afmc.fuzz worker ROOT [--quick]``
+    under ``limit_memory``; the parent kills and restarts it when a case overstays its time.
+    Results go out on a private copy of stdout; file descriptor 1 itself is pointed at
+    ``/dev/null`` so that nothing else written there (a C library's chatter) corrupts them.
     """
-    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
     for line in sys.stdin:
         case = Case.parse(line.strip())
         try:
-            result = run_case(case, root)
+            result = run_case(case, root, quick)
             payload = {"case": str(case), "problems": result.problems,
-                       "outcomes": [[o.argv[0], o.code, round(o.seconds, 3), o.summary()] for o in result.outcomes]}
+                       "outcomes": [[o.argv[0], o.code, round(o.seconds, 3)] for o in result.outcomes]}
         except BaseException as exc:  # noqa: BLE001  (a broken mutator is reported, not fatal)
             payload = {"case": str(case), "problems": [f"harness: {type(exc).__name__}: {exc}"], "outcomes": []}
         channel.write(json.dumps(payload) + "\n")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "worker":
-        worker(Path(sys.argv[2]))
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "worker":
+        worker(Path(sys.argv[2]), quick="--quick" in sys.argv[3:])
     else:
-        sys.exit("usage: python -m afmc.fuzz worker ROOT")
+        sys.exit("usage: python -m afmc.fuzz worker ROOT [--quick]")

@@ -90,7 +90,7 @@ def _show(raw: object) -> str:
     try:
         text = repr(raw)
     except (ValueError, RecursionError):  # an integer of thousands of digits, a deeply nested array
-        return f"(a {_kind(raw)} too large to show)"
+        return f"({_kind(raw)} too large to show)"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -162,7 +162,7 @@ class Float(Rule):
         try:
             value = float(raw)
         except OverflowError:  # an integer beyond any float
-            value = math.copysign(math.inf, raw)
+            value = math.inf if raw > 0 else -math.inf
         if not math.isfinite(value):
             raise at.error(f"must be finite, got {_show(raw)}")
         if value < self.lo or value > self.hi or (self.positive and value == self.lo):
@@ -615,6 +615,11 @@ class AdcSpec(_Section):
     )
 
 
+#: Arrays (or photonic meshes) one chip may have in all: 64x ISAAC's 16,128. Placement and the
+#: bundle keep per-array state, so a target file must not be able to ask for 2^44 of them.
+MAX_ARRAYS = 1 << 20
+
+
 @dataclass(frozen=True, kw_only=True)
 class ChipSpec(_Section):
     """Cores on a 2-D mesh network; dead positions hold no usable core; `io` hosts the digital unit."""
@@ -641,11 +646,13 @@ class ChipSpec(_Section):
 
     def _check(self, at: _At) -> None:
         mesh = f"the {self.mesh_x}x{self.mesh_y} mesh (x in 0..{self.mesh_x - 1}, y in 0..{self.mesh_y - 1})"
+        seen: set[tuple[int, int]] = set()
         for i, xy in enumerate(self.dead_cores):
             if not self._inside(xy):
                 raise (at / "dead_cores").index(i).error(f"core {list(xy)} is outside {mesh}")
-            if xy in self.dead_cores[:i]:
+            if xy in seen:  # a set: a file may list a hundred thousand cores
                 raise (at / "dead_cores").index(i).error(f"core {list(xy)} is listed twice")
+            seen.add(xy)
         if not self._inside(self.io):
             raise (at / "io").error(f"{list(self.io)} is outside {mesh}")
         working = self.mesh_x * self.mesh_y - len(self.dead_cores)
@@ -653,6 +660,12 @@ class ChipSpec(_Section):
             raise (at / "cores").error(
                 f"must equal mesh_x*mesh_y - dead cores = {self.mesh_x}*{self.mesh_y} - "
                 f"{len(self.dead_cores)} = {working}, got {self.cores}"
+            )
+        arrays = self.cores * self.arrays_per_core
+        if arrays > MAX_ARRAYS:
+            raise (at / "arrays_per_core").error(
+                f"cores x arrays_per_core = {self.cores} x {self.arrays_per_core} = {arrays} arrays, over the "
+                f"{MAX_ARRAYS} (2^{MAX_ARRAYS.bit_length() - 1}) one chip may have"
             )
 
 

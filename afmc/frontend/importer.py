@@ -23,11 +23,12 @@ import onnx.inliner
 import onnx.version_converter
 from onnx import AttributeProto, NodeProto, TensorProto
 
-from ..errors import AfmcError, FrontendError, InternalError, UnsupportedError
+from ..errors import AfmcError, FrontendError, InternalError, UnsupportedError, VerifyError
 from ..interp import evaluate_op
 from ..ir import dtypes
 from ..ir.core import Module, Op, TensorType, Value
 from ..ir.nn import ONNX_TO_NN, OPSET
+from ..ir.verify import check_nn_rules
 from ..ir.verify import max_tensor_bytes as configured_max_tensor_bytes
 from .loader import (
     TensorReader,
@@ -37,6 +38,7 @@ from .loader import (
     first_line,
     format_bytes,
     load_skeleton,
+    printable,
 )
 
 #: Results up to this size are folded at import. Shape arithmetic is tiny; weight-sized
@@ -131,6 +133,9 @@ def _guarded(file: str | None, run: Callable[[], Module]) -> Module:
     except AfmcError as exc:
         if exc.file is None:
             exc.file = file
+        # names and op types come from the model: a control character in one stays on this line
+        exc.message = printable(exc.message)
+        exc.node = printable(exc.node) if exc.node else exc.node
         raise
     except UnicodeDecodeError:  # protobuf checks UTF-8 only when a string field is read
         raise FrontendError("not a valid ONNX model: a string field is not valid UTF-8", file=file) from None
@@ -679,6 +684,7 @@ class Importer:
         loc: str,
     ) -> None:
         """Fold the op if its operands are constants and its results small, else append it."""
+        self._check_rules(nn_name, operands, attrs, loc)
         args = [self.constant(v) for v in operands]
         constant = all(a is not None for a, v in zip(args, operands) if v is not None)
         static = all(t is not None and t.is_static for t in types)
@@ -715,6 +721,18 @@ class Importer:
         for name, result in zip(names, results):
             if name in self.onnx_names:
                 self.bind(name, result)
+
+    @staticmethod
+    def _check_rules(nn_name: str, operands: Sequence[Value | None], attrs: Mapping[str, Any], loc: str) -> None:
+        """The IR's checks of operand shapes and attribute values (``verify.NN_RULES``): a node
+        that onnx's checker and inference let through (a rank-1 Conv weight, group 0) stops here."""
+        probe = Op(nn_name, operands, [], attrs, loc)
+        try:
+            check_nn_rules(probe)
+        except VerifyError as exc:
+            raise FrontendError(exc.message) from None
+        finally:
+            probe.drop_operands()
 
     def _evaluate(
         self,
@@ -760,9 +778,38 @@ def import_generic(imp: Importer, node: NodeProto, loc: str) -> None:
     """An op of ``ONNX_TO_NN``: same operands, all attributes, inferred static result types."""
     operands = [imp.operand(name) for name in node.input]
     attrs = imp.attributes(node)
+    check = NODE_CHECKS.get(node.op_type)
+    if check is not None:
+        check(attrs, operands)
     names = imp.output_names(node, loc)
     types = imp.infer(node, names, operands, attrs)
     imp.emit(ONNX_TO_NN[node.op_type], operands, types, names, attrs, loc)
+
+
+# -- checks that onnx's checker and shape inference leave out --------------------------------------
+
+#: ``check(attrs, operands)`` per ONNX op type: raises ``FrontendError`` for a node that onnx's
+#: checker and per-node inference accept but that is not a valid op (found by ``afmc.fuzz``).
+NodeCheck = Callable[[Mapping[str, Any], Sequence["Value | None"]], None]
+NODE_CHECKS: dict[str, NodeCheck] = {}
+
+
+def checks_node(*op_types: str) -> Callable[[NodeCheck], NodeCheck]:
+    def register(fn: NodeCheck) -> NodeCheck:
+        for op_type in op_types:
+            NODE_CHECKS[op_type] = fn
+        return fn
+
+    return register
+
+
+@checks_node("Transpose")
+def _check_transpose(attrs: Mapping[str, Any], operands: Sequence[Value | None]) -> None:
+    """``perm`` is a permutation of the data's axes (onnx infers a rank-1 result from ``perm=[0]``
+    on a matrix; the op is undefined)."""
+    data, perm = operands[0], attrs.get("perm")
+    if data is not None and perm is not None and sorted(perm) != list(range(data.type.rank)):
+        raise FrontendError(f"Transpose perm {list(perm)} is not a permutation of the {data.type.rank} axes of {data.type}")
 
 
 # -- corrections to onnx's shape inference ------------------------------------------------------

@@ -310,9 +310,15 @@ def tensor_nbytes(tensor: TensorProto, name: str) -> int:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``): names from a model go into one-line
+    messages, and a newline in an op type must not start a second line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def _shown_path(location: str) -> str:
     """A location for a message: control characters escaped, cut to a readable length."""
-    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], location)
+    text = printable(location)
     return text if len(text) <= 120 else text[:117] + "..."
 
 

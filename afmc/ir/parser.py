@@ -5,16 +5,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import ParseError
+from ..errors import ParseError, VerifyError
 from . import dtypes
 from .core import Attrs, Constant, Module, Op, SymbolRef, TensorType, Value
-from .verify import MAX_TENSOR_BYTES_ENV, format_bytes, max_tensor_bytes
+from .verify import MAX_TENSOR_BYTES_ENV, format_bytes, max_tensor_bytes, verify_nn_types
 
 _TOKEN = re.compile(
     r"""
@@ -86,7 +88,13 @@ def _string(text: str) -> str:
 
 
 def _clip(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters for a message."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(text: str) -> str:
+    """Control characters escaped (``\\n``): a name from the file must not break the error's line."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
 
 
 class Parser:
@@ -111,7 +119,7 @@ class Parser:
 
     def error(self, message: str, token: Token | None = None) -> ParseError:
         token = token or self.peek
-        return ParseError(f"{_where(self.text, token.pos)}: {message}", file=self.file)
+        return ParseError(f"{_where(self.text, token.pos)}: {_one_line(message)}", file=self.file)
 
     def expect(self, text: str) -> Token:
         token = self.next()
@@ -373,6 +381,43 @@ class Parser:
 MAX_NESTING = 64
 
 
+def read_ir_file(path: str | os.PathLike[str]) -> str:
+    """The text of an IR file, read safely: a regular file (a FIFO would block, ``/dev/zero`` never
+    ends), no larger than the tensor size limit, UTF-8. Errors are ``ParseError`` naming the file."""
+    source = os.fspath(path)
+    limit = max_tensor_bytes()
+    try:
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ParseError("cannot read IR file: not a regular file", file=source)
+            data = handle.read(limit + 1)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL character in the path
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ParseError(f"cannot read IR file: {why}", file=source) from None
+    if len(data) > limit:
+        raise ParseError(f"IR file larger than the {format_bytes(limit)} limit (${MAX_TENSOR_BYTES_ENV})", file=source)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParseError(f"cannot read IR file: not UTF-8 text ({exc.reason} at byte {exc.start})", file=source) from None
+
+
+def parse_file(path: str | os.PathLike[str]) -> Module:
+    """``parse_module(read_ir_file(path))``, errors naming the file."""
+    return parse_module(read_ir_file(path), file=os.fspath(path))
+
+
 def parse_module(text: str, file: str | None = None) -> Module:
-    """Parse IR text; errors say the line and column."""
-    return Parser(text, file).module()
+    """Parse IR text; errors say the line and column.
+
+    Text comes from outside afmc (a ``.mlir`` file, a bundle), so the ``nn`` ops' result types are
+    also checked against ONNX type inference here (``verify_nn_types``); ``verify`` does the rest.
+    """
+    module = Parser(text, file).module()
+    try:
+        verify_nn_types(module)
+    except VerifyError as exc:
+        exc.file = exc.file or file
+        raise
+    return module

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError, VerifyError
-from . import nn, xbar  # noqa: F401  (register the dialects)
+from . import dtypes, nn, xbar, xbar_calibration  # noqa: F401  (register the dialects)
 from .core import Module, Op, Value
 from .dialects import OPS
 
@@ -125,6 +125,7 @@ def verify(module: Module) -> None:
             define(op, result, result.name)
         if op.name in nn.NN_TO_ONNX:
             _verify_nn(op)
+            check_nn_rules(op)
         rule = OPS[op.name].verify
         if rule is not None:
             rule(op, module)
@@ -149,7 +150,7 @@ _TYPE_STR = {
 
 
 def _is_int(v: object) -> bool:
-    return isinstance(v, int)
+    return isinstance(v, int) and -(2**63) <= v < 2**63  # an ONNX int64
 
 
 def _is_number(v: object) -> bool:
@@ -232,6 +233,134 @@ def _verify_nn(op: Op) -> None:
                 raise _fail(op, f"{what} {index} ('{formal.name}') must be {param}, is {value.type.dtype}")
 
 
+# -- shapes and attribute values of the ops the analog passes read -------------------------------
+
+#: ``rule(op)`` per nn op: operand ranks and sizes and attribute values that ONNX's checker and
+#: per-node inference let through (inference gives up quietly on a rank-1 Conv weight, and a
+#: declared type then stands in) but that partition, tile and fold-batchnorm rely on.
+NN_RULES: dict[str, Callable[[Op], None]] = {}
+
+
+def nn_rule(*names: str) -> Callable[[Callable[[Op], None]], Callable[[Op], None]]:
+    def register(fn: Callable[[Op], None]) -> Callable[[Op], None]:
+        for name in names:
+            NN_RULES[name] = fn
+        return fn
+
+    return register
+
+
+def check_nn_rules(op: Op) -> None:
+    """The ``NN_RULES`` check of ``op``, if it has one (the ONNX frontend runs it on every op it
+    creates, before folding it; ``verify`` runs it too)."""
+    rule = NN_RULES.get(op.name)
+    if rule is not None:
+        rule(op)
+
+
+def _spatial_attrs(op: Op, spatial: int, kernel_required: bool) -> tuple[int, ...] | None:
+    """kernel_shape, strides, dilations (positive, one per spatial axis) and pads (two per axis, >= 0)."""
+    kernel = op.attr("kernel_shape")
+    if kernel is None and kernel_required:
+        raise _fail(op, "needs attribute 'kernel_shape'")
+    for name, low, count in (("kernel_shape", 1, spatial), ("strides", 1, spatial), ("dilations", 1, spatial),
+                             ("pads", 0, 2 * spatial)):
+        values = op.attr(name)
+        if values is None:
+            continue
+        if len(values) != count or any(v < low for v in values):
+            raise _fail(op, f"attribute '{name}' must be {count} integers >= {low} for {spatial} spatial axes, "
+                            f"got {_shown(list(values))}")
+    return None if kernel is None else tuple(kernel)
+
+
+@nn_rule("nn.conv", "nn.conv_transpose")
+def _rule_conv(op: Op) -> None:
+    x, w = op.operands[0], op.operands[1]
+    b = op.operands[2] if len(op.operands) > 2 else None
+    if x is None or w is None:  # required operands: _verify_nn says so
+        return
+    spatial = x.type.rank - 2
+    if spatial < 1 or w.type.rank != x.type.rank:
+        raise _fail(op, f"data {x.type} and weight {w.type} must have the same rank, 3 or more")
+    group = op.attr("group", 1)
+    if group < 1:
+        raise _fail(op, f"attribute 'group' must be >= 1, got {group}")
+    channels = x.type.shape[1]
+    if op.name == "nn.conv":
+        fits = w.type.shape[1] * group == channels and w.type.shape[0] % group == 0
+        outputs = w.type.shape[0]
+    else:
+        fits = w.type.shape[0] == channels and channels % group == 0
+        outputs = w.type.shape[1] * group
+    if not fits:
+        raise _fail(op, f"weight {w.type} does not match {channels} input channels in {group} group(s)")
+    if b is not None and b.type.shape != (outputs,):
+        raise _fail(op, f"bias {b.type} must hold one value per output channel ({outputs})")
+    kernel = _spatial_attrs(op, spatial, kernel_required=False)
+    if kernel is not None and kernel != w.type.shape[2:]:
+        raise _fail(op, f"kernel_shape {list(kernel)} differs from the weight's {list(w.type.shape[2:])}")
+
+
+@nn_rule("nn.max_pool", "nn.average_pool")
+def _rule_pool(op: Op) -> None:
+    x = op.operands[0]
+    if x is None:
+        return
+    if x.type.rank < 3:
+        raise _fail(op, f"data {x.type} must have rank 3 or more")
+    _spatial_attrs(op, x.type.rank - 2, kernel_required=True)
+
+
+@nn_rule("nn.global_average_pool")
+def _rule_global_pool(op: Op) -> None:
+    x = op.operands[0]
+    if x is None:
+        return
+    if x.type.rank < 3:
+        raise _fail(op, f"data {x.type} must have rank 3 or more")
+
+
+@nn_rule("nn.batch_normalization")
+def _rule_batch_norm(op: Op) -> None:
+    x = op.operands[0]
+    if x is None:
+        return
+    if x.type.rank < 2:
+        raise _fail(op, f"data {x.type} must have rank 2 or more")
+    channels = x.type.shape[1]
+    for index, value in enumerate(op.operands[1:5], 1):
+        if value is not None and value.type.shape != (channels,):
+            raise _fail(op, f"operand {index} {value.type} must hold one value per channel ({channels})")
+
+
+@nn_rule("nn.gemm")
+def _rule_gemm(op: Op) -> None:
+    a, b = op.operands[0], op.operands[1]
+    if a is None or b is None:
+        return
+    if a.type.rank != 2 or b.type.rank != 2:
+        raise _fail(op, f"operands {a.type} and {b.type} must be matrices")
+    k_a = a.type.shape[0] if op.attr("transA", 0) else a.type.shape[1]
+    k_b = b.type.shape[1] if op.attr("transB", 0) else b.type.shape[0]
+    if k_a != k_b:
+        raise _fail(op, f"inner dimensions differ: {a.type} and {b.type} (transA={op.attr('transA', 0)}, "
+                        f"transB={op.attr('transB', 0)})")
+
+
+@nn_rule("nn.matmul")
+def _rule_matmul(op: Op) -> None:
+    a, b = op.operands[0], op.operands[1]
+    if a is None or b is None:
+        return
+    if a.type.rank < 1 or b.type.rank < 1:
+        raise _fail(op, f"operands {a.type} and {b.type} must not be scalars")
+    k_a = a.type.shape[-1]
+    k_b = b.type.shape[0] if b.type.rank == 1 else b.type.shape[-2]
+    if k_a != k_b:
+        raise _fail(op, f"inner dimensions differ: {a.type} and {b.type}")
+
+
 def _count_range(low: int, high: int) -> str:
     if low == high:
         return str(low)
@@ -248,3 +377,116 @@ def _shown(value: object) -> str:
     except ValueError:  # an integer of thousands of digits
         return f"a {type(value).__name__} too large to show"
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+# -- nn result types against ONNX type inference ---------------------------------------------------
+
+#: Constant operands up to this many elements are shown to type inference as data (shapes, axes).
+_DATA_MAX_ELEMENTS = 1 << 12
+
+#: Ops whose result dims may be one less than ONNX's inference says: with ``ceil_mode`` a last
+#: window starting in the padding is dropped (the reference and onnxruntime do; inference does not).
+_CEIL_MODE_POOLS = frozenset({"nn.max_pool", "nn.average_pool"})
+
+
+def verify_nn_types(module: Module) -> None:
+    """Every ``nn`` op's results have the element types and shapes that ONNX type inference gives
+    for its operands (and its small constant operands' values); inference failing is an error too.
+
+    About 50 us per op, so this runs where IR comes from outside afmc (``parse_module``: a ``.mlir``
+    file, a bundle), not around every pass. It keeps hand-edited or corrupted text from reaching a
+    pass that trusts an op's shapes (a Conv whose result claims to be a scalar).
+    """
+    for op in module.ops:
+        if op.name in nn.NN_TO_ONNX:
+            _verify_nn(op)  # counts and attribute types first: the conversion below relies on them
+            _verify_nn_types(module, op)
+
+
+def _verify_nn_types(module: Module, op: Op) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    schema = _nn_schema(op.name)
+    node = onnx.NodeProto(op_type=nn.NN_TO_ONNX[op.name], name=op.loc)
+    node.input.extend(v.name if v is not None else "" for v in op.operands)
+    node.output.extend(r.name for r in op.results)
+    for name, spec in schema.attributes.items():
+        if name in op.attributes:
+            node.attribute.append(_attribute_proto(name, spec.type, op.attributes[name]))
+    types: dict[str, onnx.TypeProto] = {}
+    data: dict[str, onnx.TensorProto] = {}
+    for value in op.operands:
+        if value is None:
+            continue
+        types[value.name] = onnx.helper.make_tensor_type_proto(dtypes.to_onnx(value.type.dtype), value.type.shape)
+        array = _constant_data(module, value)
+        if array is not None and array.size <= _DATA_MAX_ELEMENTS:
+            data[value.name] = numpy_helper.from_array(np.asarray(array), value.name)
+    try:
+        inferred = onnx.shape_inference.infer_node_outputs(
+            schema, node, types, data, opset_imports=[onnx.helper.make_opsetid("", nn.OPSET)]
+        )
+    except Exception as exc:  # noqa: BLE001  (InferenceError, ValidationError and kin)
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise _fail(op, f"ONNX type inference rejects it: {reason}") from None
+    for result in op.results:
+        found = inferred.get(result.name)
+        if found is None or found.WhichOneof("value") != "tensor_type":
+            continue
+        elem = found.tensor_type.elem_type
+        if elem and elem != dtypes.to_onnx(result.type.dtype):
+            shown = dtypes.from_onnx(elem) if elem in _ONNX_DTYPES else str(elem)
+            raise _fail(op, f"result %{result.name} is {result.type}, but its operands make it {shown}")
+        if not found.tensor_type.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in found.tensor_type.shape.dim]
+        declared = result.type.shape
+        if len(dims) != len(declared) or not all(
+            d is None or d == e or (op.name in _CEIL_MODE_POOLS and op.attr("ceil_mode") and e == d - 1)
+            for d, e in zip(dims, declared)
+        ):
+            shown = ", ".join("?" if d is None else str(d) for d in dims)
+            raise _fail(op, f"result %{result.name} is {result.type}; its operands give shape [{shown}]")
+
+
+def _constant_data(module: Module, value: Value) -> np.ndarray | None:
+    """``module.constant_of(value)`` that tolerates what ``verify`` has not checked yet (a
+    reference to a missing constant, data that does not match its type): None then."""
+    producer = value.producer
+    if producer is None or producer.name != "nn.constant":
+        return None
+    ref = producer.attributes.get("value")
+    constant = module.constants.get(getattr(ref, "name", None))  # type: ignore[arg-type]
+    if constant is None or constant.data is None or constant.type != value.type:
+        return None
+    if tuple(constant.data.shape) != constant.type.shape:
+        return None
+    return constant.data
+
+
+_ONNX_DTYPES = frozenset(dtypes.to_onnx(name) for name in dtypes.DTYPES)
+
+
+def _attribute_proto(name: str, kind: Any, value: Any) -> Any:
+    """An attribute of the IR (already checked by ``_verify_nn``) as ONNX's ``AttributeProto``."""
+    from onnx import AttributeProto, numpy_helper
+
+    attr = AttributeProto(name=name, type=kind)
+    if name in _DTYPE_ATTRS and kind == AttributeProto.INT:
+        attr.i = dtypes.to_onnx(value)
+    elif kind == AttributeProto.INT:
+        attr.i = int(value)
+    elif kind == AttributeProto.FLOAT:
+        attr.f = float(value)
+    elif kind == AttributeProto.STRING:
+        attr.s = str(value).encode()
+    elif kind == AttributeProto.INTS:
+        attr.ints.extend(int(v) for v in value)
+    elif kind == AttributeProto.FLOATS:
+        attr.floats.extend(float(v) for v in value)
+    elif kind == AttributeProto.STRINGS:
+        attr.strings.extend(str(v).encode() for v in value)
+    elif kind == AttributeProto.TENSOR:
+        attr.t.CopyFrom(numpy_helper.from_array(np.asarray(value)))
+    return attr

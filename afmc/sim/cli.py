@@ -7,6 +7,7 @@ with the message).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ def is_bundle(path: Path) -> bool:
                    "leading [time, sample] axes and t_inference_s lists the times).")
 @click.option("--t-inference", "t_inference", multiple=True, metavar="1h",
               help="Time after programming (s, min, h, d, w, y; repeatable). Default 0s: the first read, at t0.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Monte-Carlo instances.")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the Monte-Carlo instances (default: a BUNDLE's compile seed, whose first instance "
+                   "is the one its calibrate pass measured; 0 for a MODEL).")
 @click.option("--samples", type=click.IntRange(1), default=1, show_default=True,
               help="Programming instances (Monte-Carlo); metrics are reported as mean ± std.")
 @click.option("--ideal", is_flag=True, help="Exact arrays, no converters, no noise (checks the mapping).")
@@ -58,7 +61,7 @@ def is_bundle(path: Path) -> bool:
 @click.option("--force", is_flag=True, help="Overwrite an existing --outputs file.")
 def run_command(
     source: Path, target: str | None, inputs_path: Path | None, outputs_path: Path | None,
-    t_inference: tuple[str, ...], seed: int, samples: int, ideal: bool, disabled: tuple[str, ...],
+    t_inference: tuple[str, ...], seed: int | None, samples: int, ideal: bool, disabled: tuple[str, ...],
     out_noise: float | None, drift_compensation: str, reference: bool, model_path: Path | None,
     labels_path: Path | None, pipeline: str | None, batch: int, fmt: str, force: bool,
 ) -> None:
@@ -82,14 +85,14 @@ def run_command(
         click.echo(render_text(result), nl=False)
 
 
-def _run(source: Path, target: str | None, inputs_path: Path | None, t_inference: tuple[str, ...], seed: int,
+def _run(source: Path, target: str | None, inputs_path: Path | None, t_inference: tuple[str, ...], seed: int | None,
          samples: int, ideal: bool, disabled: tuple[str, ...], out_noise: float | None, drift_compensation: str,
          reference: bool, model_path: Path | None, labels_path: Path | None, pipeline: str | None,
          batch: int) -> RunResult:
     from .run import run_bundle, run_model
 
     times = [parse_duration(t) for t in t_inference] or [0.0]
-    options = SimOptions(ideal=ideal, t_inference=times[0], seed=seed, samples=samples,
+    options = SimOptions(ideal=ideal, t_inference=times[0], seed=0 if seed is None else seed, samples=samples,
                          drift_compensation=drift_compensation)
     if out_noise is not None:
         options = SimOptions(**{**options.describe(), "out_noise": out_noise})
@@ -105,6 +108,8 @@ def _run(source: Path, target: str | None, inputs_path: Path | None, t_inference
         except (OSError, ValueError) as exc:
             raise AfmcError(f"cannot read bundle: {exc}", file=str(source)) from None
         compiled_for = (manifest.get("target") or {}).get("name")
+        if seed is None and isinstance(manifest.get("seed"), int):  # the instance the bundle was calibrated on
+            options = dataclasses.replace(options, seed=manifest["seed"])
         if target is not None and target != compiled_for:
             raise UsageError(f"--target {target}: the bundle was compiled for '{compiled_for}'")
         inputs = None

@@ -4,5 +4,6 @@
 """
 
 from . import elementwise, nn, reduce, shape, xbar
+from . import xbar_calibration  # noqa: F401  (calibration ops)
 
 __all__ = ["elementwise", "nn", "reduce", "shape", "xbar"]
