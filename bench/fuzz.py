@@ -100,8 +100,8 @@ class Worker:
 
 def run(args: argparse.Namespace) -> int:
     if args.kinds:
-        chosen = [tuple(k.split(":", 1)) for k in args.kinds.split(",")]
-        cases = [Case(*chosen[i % len(chosen)], args.seed * 1_000_003 + i) for i in range(args.cases)]  # type: ignore[misc]
+        chosen = [kind.split(":", 1) for kind in args.kinds.split(",")]
+        cases = [Case.parse(f"{':'.join(chosen[i % len(chosen)])}:{args.seed * 1_000_003 + i}") for i in range(args.cases)]
     else:
         cases = [case_at(i, args.seed) for i in range(args.cases)]
     pending = collections.deque(cases)
