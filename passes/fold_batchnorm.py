@@ -32,45 +32,46 @@ def _const(module: Module, array: np.ndarray, like: np.ndarray, hint: str, loc: 
     return module.add_constant(array.astype(like.dtype), hint, loc)[1]
 
 
-@folder("nn.conv")
-def fold_into_conv(module: Module, op: Op, a: np.ndarray, b: np.ndarray) -> list[Op] | None:
-    weight = module.constant_of(op.operands[1])
-    if weight is None:
-        return None
-    bias = module.constant_of(op.operands[2]) if len(op.operands) > 2 and op.operands[2] is not None else None
-    if len(op.operands) > 2 and op.operands[2] is not None and bias is None:
-        return None
-    shape = (-1,) + (1,) * (weight.ndim - 1)
-    new_weight = _const(module, weight * a.reshape(shape), weight, f"{op.loc}.weight.bn", op.loc)
-    old_bias = bias if bias is not None else np.zeros(weight.shape[0], weight.dtype)
-    new_bias = _const(module, old_bias * a + b, weight, f"{op.loc}.bias.bn", op.loc)
+def _constant_bias(module: Module, op: Op) -> tuple[bool, np.ndarray | None]:
+    """(usable, bias): a bias operand that is not a constant makes the op unfoldable."""
+    value = op.operands[2] if len(op.operands) > 2 else None
+    bias = module.constant_of(value)
+    return value is None or bias is not None, bias
+
+
+def _rewire(module: Module, op: Op, weight: np.ndarray, scaled: np.ndarray, bias: np.ndarray) -> list[Op]:
+    """Point ``op`` at new weight and bias constants; return them followed by ``op``."""
+    new_weight = _const(module, scaled, weight, f"{op.loc}.weight.bn", op.loc)
+    new_bias = _const(module, bias, weight, f"{op.loc}.bias.bn", op.loc)
     while len(op.operands) < 3:
         op.operands.append(None)
     op.set_operand(1, new_weight.result)
     op.set_operand(2, new_bias.result)
     return [new_weight, new_bias, op]
+
+
+@folder("nn.conv")
+def fold_into_conv(module: Module, op: Op, a: np.ndarray, b: np.ndarray) -> list[Op] | None:
+    weight = module.constant_of(op.operands[1])
+    usable, bias = _constant_bias(module, op)
+    if weight is None or not usable:
+        return None
+    old_bias = bias if bias is not None else np.zeros(weight.shape[0], weight.dtype)
+    return _rewire(module, op, weight, weight * a.reshape((-1,) + (1,) * (weight.ndim - 1)), old_bias * a + b)
 
 
 @folder("nn.conv_transpose")
 def fold_into_conv_transpose(module: Module, op: Op, a: np.ndarray, b: np.ndarray) -> list[Op] | None:
     weight = module.constant_of(op.operands[1])
-    if weight is None:
-        return None
-    bias = module.constant_of(op.operands[2]) if len(op.operands) > 2 and op.operands[2] is not None else None
-    if len(op.operands) > 2 and op.operands[2] is not None and bias is None:
+    usable, bias = _constant_bias(module, op)
+    if weight is None or not usable:
         return None
     group = int(op.attr("group", 1))
     c_in, c_out_g = weight.shape[:2]
     grouped = weight.reshape((group, c_in // group, c_out_g) + weight.shape[2:])
     scale = a.reshape((group, 1, c_out_g) + (1,) * (weight.ndim - 2))
-    new_weight = _const(module, (grouped * scale).reshape(weight.shape), weight, f"{op.loc}.weight.bn", op.loc)
     old_bias = bias if bias is not None else np.zeros(group * c_out_g, weight.dtype)
-    new_bias = _const(module, old_bias * a + b, weight, f"{op.loc}.bias.bn", op.loc)
-    while len(op.operands) < 3:
-        op.operands.append(None)
-    op.set_operand(1, new_weight.result)
-    op.set_operand(2, new_bias.result)
-    return [new_weight, new_bias, op]
+    return _rewire(module, op, weight, (grouped * scale).reshape(weight.shape), old_bias * a + b)
 
 
 @folder("nn.gemm")

@@ -77,3 +77,26 @@ def test_fold_batchnorm_removes_every_batchnorm_of_the_cnn() -> None:
     compile_module(module, None, passes=parse_pipeline("fold-batchnorm").instantiate())
     assert not any(op.name == "nn.batch_normalization" for op in module.ops)
     assert isinstance(PassContext().report, dict)
+
+
+def test_fold_batchnorm_into_grouped_conv_and_conv_transpose_matches_onnxruntime() -> None:
+    import onnxruntime as ort
+
+    from afmc.interp import run_module
+
+    rng = np.random.default_rng(0)
+    for kind, out in (("Conv", [1, 4, 3, 3]), ("ConvTranspose", [1, 4, 7, 7])):
+        inits = [numpy_helper.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "w"),
+                 numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "cb")]
+        inits += [numpy_helper.from_array(rng.random(4).astype(np.float32) + 0.5, n) for n in "sbmv"]
+        nodes = [helper.make_node(kind, ["x", "w", "cb"], ["y"], name="c", group=2),
+                 helper.make_node("BatchNormalization", ["y", "s", "b", "m", "v"], ["z"], name="bn")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
+                                  [helper.make_tensor_value_info("z", TensorProto.FLOAT, out)], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        x = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
+        want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        module = import_model(model)
+        compile_module(module, None, passes=parse_pipeline("fold-batchnorm").instantiate())
+        assert not any(op.name == "nn.batch_normalization" for op in module.ops)
+        np.testing.assert_allclose(run_module(module, {"x": x})["z"], want, rtol=1e-5, atol=1e-5)
