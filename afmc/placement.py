@@ -983,6 +983,7 @@ def cpsat(
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = max(1, workers)
     solver.parameters.random_seed = seed
+    solver.parameters.catch_sigint_signal = False  # Ctrl-C must reach afmc so staging output is cleaned up
     solver.parameters.max_deterministic_time = max(time_limit, 0.01)
     solver.parameters.max_time_in_seconds = wall_cap if wall_cap is not None else 3 * time_limit + 5
     status = solver.solve(model)
