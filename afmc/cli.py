@@ -302,16 +302,14 @@ def _format_target(data: dict[str, Any], indent: str = "") -> str:
     return "\n".join(lines)
 
 
-def _add_plugin_commands() -> None:
+def _add_subsystem_commands() -> None:
     """Commands that live beside their subsystem (``afmc run`` in ``afmc.sim.cli``)."""
-    try:
-        from .sim.cli import run_command
-    except ImportError:
-        return
+    from .sim.cli import run_command
+
     cli.add_command(run_command, "run")
 
 
-_add_plugin_commands()
+_add_subsystem_commands()
 
 
 def main(argv: list[str] | None = None) -> int:
