@@ -51,6 +51,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from afmc.errors import AfmcError, UsageError
+from afmc.interp.interpreter import last_uses
 from afmc.ir import dtypes
 from afmc.ir.core import Module, Op
 from afmc.ir.xbar import signed_levels
@@ -324,7 +325,7 @@ class Calibrate(Pass):
             for value in module.inputs:
                 env[id(value)] = np.asarray(run[value.name])
             envs.append(env)
-        last = _last_uses(module)
+        last = last_uses(module)
         results: dict[int, LayerCalibration] = {}
         analog: dict[int, dict[int, np.ndarray]] = {}  # layer index -> mvm op id -> analog result (all rows)
         ideal: dict[int, dict[int, np.ndarray]] = {}
@@ -602,21 +603,6 @@ class Calibrate(Pass):
 def _tiny(reference: float) -> float:
     """A floor for per-column references (a column of zeros reads ~0): 1e-6 of the layer's."""
     return max(reference * 1e-6, 1e-300)
-
-
-def _last_uses(module: Module) -> dict[int, list[int]]:
-    """Op index -> ids of the values that die after it (graph outputs never do)."""
-    keep = {id(v) for v in module.outputs}
-    last: dict[int, int] = {}
-    for index, op in enumerate(module.ops):
-        for value in op.operands:
-            if value is not None:
-                last[id(value)] = index
-    dies: dict[int, list[int]] = {}
-    for value_id, index in last.items():
-        if value_id not in keep:
-            dies.setdefault(index, []).append(value_id)
-    return dies
 
 
 __all__ = ["Calibrate", "LayerCalibration", "calibration_chunks", "check_calibration_data", "fit_columns"]

@@ -50,7 +50,7 @@ class Interpreter:
             if tuple(array.shape) != value.type.shape:
                 raise AfmcError(f"input '{value.name}' has shape {array.shape}, the model expects {value.type}")
             env[id(value)] = array
-        last_use = self._last_uses()
+        last_use = last_uses(self.module)
         for index, op in enumerate(self.module.ops):
             args = [None if v is None else env[id(v)] for v in op.operands]
             for result, array in zip(op.results, self.run_op(op, args)):
@@ -59,19 +59,20 @@ class Interpreter:
                 env.pop(value_id, None)
         return {value.name: env[id(value)] for value in self.module.outputs}
 
-    def _last_uses(self) -> dict[int, list[int]]:
-        """Op index -> values that die after it, so memory stays at the live set."""
-        keep = {id(v) for v in self.module.outputs}
-        last: dict[int, int] = {}
-        for index, op in enumerate(self.module.ops):
-            for value in op.operands:
-                if value is not None:
-                    last[id(value)] = index
-        dies: dict[int, list[int]] = {}
-        for value_id, index in last.items():
-            if value_id not in keep:
-                dies.setdefault(index, []).append(value_id)
-        return dies
+def last_uses(module: Module) -> dict[int, list[int]]:
+    """Op index -> ids of the values that die after it (graph outputs never do), so a run keeps
+    only the live set in memory."""
+    keep = {id(v) for v in module.outputs}
+    last: dict[int, int] = {}
+    for index, op in enumerate(module.ops):
+        for value in op.operands:
+            if value is not None:
+                last[id(value)] = index
+    dies: dict[int, list[int]] = {}
+    for value_id, index in last.items():
+        if value_id not in keep:
+            dies.setdefault(index, []).append(value_id)
+    return dies
 
 
 def run_module(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
