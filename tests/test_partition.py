@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from afmc.targets import load_target
 from helpers import sample_path, sample_shapes
 from onnx import TensorProto, helper, numpy_helper
 
@@ -11,7 +12,6 @@ from afmc.driver import compile_module
 from afmc.frontend import import_model, import_onnx
 from afmc.ir import parse_module, print_module
 from afmc.pipeline import parse_pipeline
-from afmc.targets import load_target
 
 
 def partitioned(module, spec: str = "partition", target: str = "pcm"):  # type: ignore[no-untyped-def]
