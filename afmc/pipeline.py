@@ -15,7 +15,7 @@ import pkgutil
 import time
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
@@ -117,6 +117,17 @@ def _caret(spec: str, pos: int, message: str) -> ParseError:
     return ParseError(f"pipeline: {message}\n  {spec}\n  {' ' * pos}^")
 
 
+def _is_name_char(char: str) -> bool:
+    return char.isalnum() or char in "-_"
+
+
+def _scan(spec: str, pos: int, accept: Callable[[str], bool]) -> int:
+    """The first position at or after ``pos`` whose character ``accept`` refuses (or the end)."""
+    while pos < len(spec) and accept(spec[pos]):
+        pos += 1
+    return pos
+
+
 def parse_pipeline(spec: str) -> Pipeline:
     """Parse ``a,b{k=v k2=v2}``; errors point a caret at the bad token."""
     load_passes()
@@ -124,9 +135,7 @@ def parse_pipeline(spec: str) -> Pipeline:
     pos = 0
     n = len(spec)
     while True:
-        start = pos
-        while pos < n and (spec[pos].isalnum() or spec[pos] in "-_"):
-            pos += 1
+        start, pos = pos, _scan(spec, pos, _is_name_char)
         name = spec[start:pos]
         if not name:
             raise _caret(spec, pos, "expected a pass name")
@@ -138,14 +147,11 @@ def parse_pipeline(spec: str) -> Pipeline:
         if pos < n and spec[pos] == "{":
             pos += 1
             while True:
-                while pos < n and spec[pos] == " ":
-                    pos += 1
+                pos = _scan(spec, pos, lambda c: c == " ")
                 if pos < n and spec[pos] == "}":
                     pos += 1
                     break
-                key_start = pos
-                while pos < n and (spec[pos].isalnum() or spec[pos] in "-_"):
-                    pos += 1
+                key_start, pos = pos, _scan(spec, pos, _is_name_char)
                 key = spec[key_start:pos]
                 if not key:
                     raise _caret(spec, pos, "expected an option name or '}'")
@@ -158,9 +164,7 @@ def parse_pipeline(spec: str) -> Pipeline:
                         raise _caret(spec, pos, "unterminated quoted value")
                     value, pos = spec[pos + 1 : end], end + 1
                 else:
-                    value_start = pos
-                    while pos < n and spec[pos] not in " }":
-                        pos += 1
+                    value_start, pos = pos, _scan(spec, pos, lambda c: c not in " }")
                     value = spec[value_start:pos]
                 option_error = _check_option(PASSES[name], key, value)
                 if option_error:

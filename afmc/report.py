@@ -110,11 +110,11 @@ def to_text(report: dict[str, Any]) -> str:
     lines += ["", f"analog regions {regions['analog']}, crossings {sum(regions['crossings'].values())}"]
     if "performance" in report:
         perf = report["performance"]
-        lines += [
+        lines.append(
             f"estimate: latency {perf['latency_s'] * 1e6:.2f} us ({perf['latency_cycles']} cycles), "
             f"throughput {perf['throughput_inferences_per_s']:.4g}/s, "
             f"energy {perf['energy_per_inference_j'] * 1e9:.4g} nJ per inference, bottleneck {_bottleneck(perf)}"
-        ]
+        )
     if "missing" in report:
         missing = report["missing"]
         lines += ["", f"missing {missing['tiles']} arrays; layers that do not fit:"]

@@ -161,8 +161,23 @@ def _same_pads_begin(total: int, auto_pad: str) -> int:
     return total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
 
 
-def _conv_geometry(op: Op, weight: np.ndarray) -> tuple[int, tuple[int, ...], tuple[int, ...], tuple[int, ...]] | str:
-    """Spatial rank, kernel, strides and dilations shared by Conv and ConvTranspose."""
+@dataclass(frozen=True)
+class _ConvGeometry:
+    """What Conv and ConvTranspose lowering share: spatial rank, kernel, strides, dilations, groups,
+    the input and output spatial sizes and each kernel's dilated span."""
+
+    n: int
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    groups: int
+    in_sp: tuple[int, ...]
+    out_sp: tuple[int, ...]
+    span: tuple[int, ...]
+
+
+def _conv_geometry(op: Op, weight: np.ndarray, *, transposed: bool) -> _ConvGeometry | str:
+    """The geometry of a Conv or ConvTranspose (weights ``c_in x c_out/g``), or why it cannot be lowered."""
     source = op.operands[0]
     assert source is not None
     n = weight.ndim - 2
@@ -174,23 +189,26 @@ def _conv_geometry(op: Op, weight: np.ndarray) -> tuple[int, tuple[int, ...], tu
     strides, dilations = _ints(op, "strides", [1] * n), _ints(op, "dilations", [1] * n)
     if len(strides) != n or len(dilations) != n or min(strides + dilations) < 1:
         return f"strides {strides} or dilations {dilations} do not fit {n} spatial dims"
-    return n, tuple(int(k) for k in weight.shape[2:]), strides, dilations
+    groups = int(op.attr("group", 1))
+    in_channels = weight.shape[0] if transposed else groups * weight.shape[1]
+    if groups < 1 or weight.shape[0] % groups or source.type.shape[1] != in_channels:
+        return f"group={groups} does not fit weight {weight.shape} and input {source.type}"
+    kernel = tuple(int(k) for k in weight.shape[2:])
+    return _ConvGeometry(
+        n, kernel, strides, dilations, groups,
+        tuple(source.type.shape[2:]), tuple(op.result.type.shape[2:]),
+        tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations)),
+    )
 
 
 @lowerer("nn.conv")
 def _lower_conv(module: Module, op: Op, weight: np.ndarray) -> Lowering | str:
-    geometry = _conv_geometry(op, weight)
+    geometry = _conv_geometry(op, weight, transposed=False)
     if isinstance(geometry, str):
         return geometry
-    n, kernel, strides, dilations = geometry
-    source = op.operands[0]
-    assert source is not None
-    groups = int(op.attr("group", 1))
-    c_out, c_in_g = weight.shape[:2]
-    if groups < 1 or c_out % groups or source.type.shape[1] != groups * c_in_g:
-        return f"group={groups} does not fit weight {weight.shape} and input {source.type}"
-    in_sp, out_sp = source.type.shape[2:], op.result.type.shape[2:]
-    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    n, kernel, strides, dilations = geometry.n, geometry.kernel, geometry.strides, geometry.dilations
+    groups, in_sp, out_sp, span = geometry.groups, geometry.in_sp, geometry.out_sp, geometry.span
+    c_out = weight.shape[0]
     auto_pad = op.attr("auto_pad", "NOTSET")
     if auto_pad == "NOTSET":
         pads = _ints(op, "pads", [0] * 2 * n)
@@ -215,18 +233,12 @@ def _lower_conv(module: Module, op: Op, weight: np.ndarray) -> Lowering | str:
 def _lower_conv_transpose(module: Module, op: Op, weight: np.ndarray) -> Lowering | str:
     """ConvTranspose = convolution of the input zero-stuffed by the strides, padded by
     dilation·(k−1) − pad, with the kernel flipped and in/out channels swapped per group."""
-    geometry = _conv_geometry(op, weight)
+    geometry = _conv_geometry(op, weight, transposed=True)
     if isinstance(geometry, str):
         return geometry
-    n, kernel, strides, dilations = geometry
-    source = op.operands[0]
-    assert source is not None
-    groups = int(op.attr("group", 1))
+    n, kernel, strides, dilations = geometry.n, geometry.kernel, geometry.strides, geometry.dilations
+    groups, in_sp, out_sp, span = geometry.groups, geometry.in_sp, geometry.out_sp, geometry.span
     c_in, c_out_g = weight.shape[:2]
-    if groups < 1 or c_in % groups or source.type.shape[1] != c_in:
-        return f"group={groups} does not fit weight {weight.shape} and input {source.type}"
-    in_sp, out_sp = source.type.shape[2:], op.result.type.shape[2:]
-    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     auto_pad = op.attr("auto_pad", "NOTSET")
     output_padding = _ints(op, "output_padding", [0] * n)
     output_shape = _ints(op, "output_shape", [])[-n:]

@@ -14,13 +14,13 @@ import json
 import math
 import os
 import re
-import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 from afmc.errors import TargetError
+from afmc.textfile import read_text_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -828,26 +828,11 @@ def from_toml_text(text: str, source: str | None = None) -> TargetSpec:
 
 def from_toml(path: str | os.PathLike[str]) -> TargetSpec:
     """Read a target file: a regular file of at most ``MAX_TARGET_FILE_BYTES``, UTF-8."""
-    source = os.fspath(path)
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below
-        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise TargetError("cannot read target file: not a regular file", file=source)
-            data = handle.read(MAX_TARGET_FILE_BYTES + 1)
-    except (OSError, ValueError) as exc:  # ValueError: a NUL character in the path
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise TargetError(f"cannot read target file: {why}", file=source) from None
-    if len(data) > MAX_TARGET_FILE_BYTES:
-        raise TargetError(
-            f"larger than {MAX_TARGET_FILE_BYTES >> 10} KiB; not a target file", file=source
-        )
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TargetError(f"cannot read target file: not UTF-8 text ({exc.reason} at byte {exc.start})", file=source) from None
-    return from_toml_text(text, source)
+    text = read_text_file(
+        path, what="target file", limit=MAX_TARGET_FILE_BYTES, error=TargetError,
+        too_large=f"larger than {MAX_TARGET_FILE_BYTES >> 10} KiB; not a target file",
+    )
+    return from_toml_text(text, os.fspath(path))
 
 
 # ---------------------------------------------------------------------------------------------

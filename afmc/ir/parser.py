@@ -7,13 +7,13 @@ import binascii
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import ParseError, VerifyError
+from ..textfile import read_text_file
 from . import dtypes
 from .core import Attrs, Constant, Module, Op, SymbolRef, TensorType, Value
 from .verify import MAX_TENSOR_BYTES_ENV, format_bytes, max_tensor_bytes, verify_nn_types
@@ -382,25 +382,12 @@ MAX_NESTING = 64
 
 
 def read_ir_file(path: str | os.PathLike[str]) -> str:
-    """The text of an IR file, read safely: a regular file (a FIFO would block, ``/dev/zero`` never
-    ends), no larger than the tensor size limit, UTF-8. Errors are ``ParseError`` naming the file."""
-    source = os.fspath(path)
+    """The text of an IR file: a regular UTF-8 file no larger than the tensor size limit."""
     limit = max_tensor_bytes()
-    try:
-        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise ParseError("cannot read IR file: not a regular file", file=source)
-            data = handle.read(limit + 1)
-    except (OSError, ValueError) as exc:  # ValueError: a NUL character in the path
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ParseError(f"cannot read IR file: {why}", file=source) from None
-    if len(data) > limit:
-        raise ParseError(f"IR file larger than the {format_bytes(limit)} limit (${MAX_TENSOR_BYTES_ENV})", file=source)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ParseError(f"cannot read IR file: not UTF-8 text ({exc.reason} at byte {exc.start})", file=source) from None
+    return read_text_file(
+        path, what="IR file", limit=limit, error=ParseError,
+        too_large=f"IR file larger than the {format_bytes(limit)} limit (${MAX_TENSOR_BYTES_ENV})",
+    )
 
 
 def parse_file(path: str | os.PathLike[str]) -> Module:

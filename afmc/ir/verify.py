@@ -302,32 +302,31 @@ def _rule_conv(op: Op) -> None:
         raise _fail(op, f"kernel_shape {list(kernel)} differs from the weight's {list(w.type.shape[2:])}")
 
 
+def _data_of_rank(op: Op, min_rank: int) -> Value | None:
+    """The op's data operand (operand 0), checked to have at least ``min_rank`` dims; None if absent."""
+    x = op.operands[0]
+    if x is not None and x.type.rank < min_rank:
+        raise _fail(op, f"data {x.type} must have rank {min_rank} or more")
+    return x
+
+
 @nn_rule("nn.max_pool", "nn.average_pool")
 def _rule_pool(op: Op) -> None:
-    x = op.operands[0]
-    if x is None:
-        return
-    if x.type.rank < 3:
-        raise _fail(op, f"data {x.type} must have rank 3 or more")
-    _spatial_attrs(op, x.type.rank - 2, kernel_required=True)
+    x = _data_of_rank(op, 3)
+    if x is not None:
+        _spatial_attrs(op, x.type.rank - 2, kernel_required=True)
 
 
 @nn_rule("nn.global_average_pool")
 def _rule_global_pool(op: Op) -> None:
-    x = op.operands[0]
-    if x is None:
-        return
-    if x.type.rank < 3:
-        raise _fail(op, f"data {x.type} must have rank 3 or more")
+    _data_of_rank(op, 3)
 
 
 @nn_rule("nn.batch_normalization")
 def _rule_batch_norm(op: Op) -> None:
-    x = op.operands[0]
+    x = _data_of_rank(op, 2)
     if x is None:
         return
-    if x.type.rank < 2:
-        raise _fail(op, f"data {x.type} must have rank 2 or more")
     channels = x.type.shape[1]
     for index, value in enumerate(op.operands[1:5], 1):
         if value is not None and value.type.shape != (channels,):

@@ -1,9 +1,9 @@
 """Implementations of the nn dialect in numpy, one module per family; importing registers them.
 
-``xbar`` holds the ideal (noise-free) semantics of the xbar dialect.
+``xbar`` holds the ideal (noise-free) semantics of the xbar dialect, ``xbar_calibration`` the
+calibration ops the ``calibrate`` pass inserts.
 """
 
-from . import elementwise, nn, reduce, shape, xbar
-from . import xbar_calibration  # noqa: F401  (calibration ops)
+from . import elementwise, nn, reduce, shape, xbar, xbar_calibration
 
-__all__ = ["elementwise", "nn", "reduce", "shape", "xbar"]
+__all__ = ["elementwise", "nn", "reduce", "shape", "xbar", "xbar_calibration"]
