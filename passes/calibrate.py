@@ -26,7 +26,9 @@ calibrated on the inputs its calibrated predecessors give it. For each analog la
    (`device_drifts`: pcm, flash) and ``none`` otherwise (rram, ideal), where a readout would only add
    its noise. At run time the simulator reads the layer again and scales by reference / readout.
 4. **Per-column correction** (``columns``): ``xbar.calibrate`` after it, with gain and offset fitted by
-   least squares of the layer's analog outputs against the digital reference on the calibration data.
+   least squares of the layer's analog outputs against the digital reference on the calibration data;
+   a layer that sees fewer than ``min-rows`` output vectors (a classifier head calibrated on a few
+   images) gets one gain and offset for all its columns, which those few rows can still estimate.
 
 Without calibration data (``PassContext.calibration_data`` is None) only the data-free part runs: the
 drift-compensation references (step 3). Converter ranges stay the target's (dynamic DAC scaling, the
@@ -135,6 +137,7 @@ class LayerCalibration:
     amplitude: float = 1.0
     gain: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # accumulate op id -> per column
     offset: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    pooled: bool = False  # too few rows for a per-column fit: one gain and offset for the layer
     error_before: float = 0.0  # squared error of the outputs vs the reference before/after the correction
     error_after: float = 0.0
     reference_power: float = 0.0
@@ -227,11 +230,18 @@ def _ideal_adc(sim: Any, probe: Any) -> Iterator[None]:
         sim.options, sim.adc_probe = options, previous
 
 
-def fit_columns(y: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fit_columns(y: np.ndarray, reference: np.ndarray, min_rows: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Per column, (gain, offset) minimising Σ (gain·y + offset − reference)² (float64). A column whose
-    outputs do not vary keeps gain 1 and gets the mean difference as its offset."""
+    outputs do not vary keeps gain 1 and gets the mean difference as its offset.
+
+    With fewer than ``min_rows`` rows a per-column fit would follow the noise of those few rows (two
+    rows fit any column exactly), so one gain and offset are fitted to all columns pooled instead.
+    """
     y = np.asarray(y, np.float64)
     reference = np.asarray(reference, np.float64)
+    if 0 < y.shape[0] < min_rows:
+        gain, offset = fit_columns(y.reshape(-1, 1), reference.reshape(-1, 1))
+        return np.broadcast_to(gain, y.shape[1:]).copy(), np.broadcast_to(offset, y.shape[1:]).copy()
     my, mr = y.mean(axis=0), reference.mean(axis=0)
     dy = y - my
     var = np.einsum("mc,mc->c", dy, dy)
@@ -254,6 +264,7 @@ class Calibrate(Pass):
     std: float = 4.0
     adc: str = "search"
     columns: bool = True
+    min_rows: int = 32
     drift: str = "auto"
     samples: int = 32
 
@@ -268,6 +279,8 @@ class Calibrate(Pass):
             raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
         if not (self.std > 0 and math.isfinite(self.std)):
             raise ValueError(f"std must be a positive number, got {self.std}")
+        if self.min_rows < 1:
+            raise ValueError(f"min-rows must be >= 1, got {self.min_rows}")
         if self.samples < 0:
             raise ValueError(f"samples must be >= 0 (0: all rows), got {self.samples}")
 
@@ -350,7 +363,8 @@ class Calibrate(Pass):
                 state.reference_power += float(np.sum(reference**2))
                 state.error_before += float(np.sum((y - reference) ** 2))
                 if self.columns:
-                    gain, offset = fit_columns(y, reference)
+                    gain, offset = fit_columns(y, reference, self.min_rows)
+                    state.pooled = y.shape[0] < self.min_rows
                     state.gain[id(op)], state.offset[id(op)] = gain, offset
                     y = y * gain + offset
                 state.error_after += float(np.sum((y - reference) ** 2))
@@ -594,6 +608,8 @@ class Calibrate(Pass):
         if self.drift != "none" and state.global_reference is not None:
             row["drift_reference"] = state.global_reference
             row["readout_amplitude"] = state.amplitude
+        if state.gain:
+            row["column_fit"] = "pooled" if state.pooled else "per-column"
         if state.reference_power > 0:
             row["rel_error_before"] = math.sqrt(state.error_before / state.reference_power)
             row["rel_error_after"] = math.sqrt(state.error_after / state.reference_power)

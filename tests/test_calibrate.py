@@ -306,3 +306,17 @@ def test_drift_compensation_holds_accuracy_after_a_day() -> None:
         accuracy[spec] = float(np.mean(run.outputs[0][0]["logits"].argmax(-1) == labels))
     low, high = accuracy.values()
     assert low < 0.8 and high > 0.93, accuracy
+
+
+def test_fit_columns_pools_the_columns_when_rows_are_few() -> None:
+    """Two rows fit any column exactly; with fewer than min_rows the fit is one gain and offset shared
+    by every column, the least-squares fit of all values pooled."""
+    rng = np.random.default_rng(7)
+    y = rng.standard_normal((2, 6))
+    reference = 1.5 * y + 0.25 + 0.1 * rng.standard_normal((2, 6))
+    gain, offset = fit_columns(y, reference, min_rows=32)
+    pooled_gain, pooled_offset = np.polyfit(y.ravel(), reference.ravel(), 1)
+    np.testing.assert_allclose(gain, np.full(6, pooled_gain), rtol=1e-9)
+    np.testing.assert_allclose(offset, np.full(6, pooled_offset), rtol=1e-9)
+    exact_gain, _ = fit_columns(y, reference, min_rows=2)
+    assert np.ptp(exact_gain) > 0.1  # per column again once the rows suffice
