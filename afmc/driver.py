@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,12 @@ def check_passes(target: Any, spec: str | None) -> list[Pass]:
     last = max((i for i, name in enumerate(names) if name in CHECK_PASSES), default=None)
     if last is None:
         raise AfmcError(f"pipeline '{','.join(names)}' has no tile pass; check cannot count arrays")
-    return passes[: last + 1] + [p for p in passes[last + 1 :] if p.name in ESTIMATE_PASSES]
+    kept = passes[: last + 1] + [p for p in passes[last + 1 :] if p.name in ESTIMATE_PASSES]
+    # Counting and placing need the arrays' shapes, not their cell levels: a model as large as the
+    # machine's memory can still be checked.
+    from .passes.tile import Tile
+
+    return [replace(p, levels=False) if isinstance(p, Tile) else p for p in kept]
 
 
 def fit_report(compilation: Compilation, model_path: str | Path) -> dict[str, Any]:

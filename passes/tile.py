@@ -41,14 +41,21 @@ def quantize(weight: np.ndarray, bits: int, per_column: bool) -> tuple[np.ndarra
     column gets s = 1 so that W_q·s is defined and exact.
     """
     qmax = 2 ** (bits - 1) - 1
-    if qmax < 1:
-        raise ValueError(f"symmetric quantisation needs at least 2 bits, got {bits}")
     w = np.asarray(weight, np.float64)
-    peak = np.max(np.abs(w), axis=-2) if per_column else np.max(np.abs(w))
-    step = np.asarray(peak / qmax, np.float64)
-    scales = np.where(step > 0, step, 1.0)
+    scales = quantization_scales(w, bits, per_column)
     q = np.rint(w / (scales[..., None, :] if per_column else scales))
     return np.clip(q, -qmax, qmax).astype(np.int64), scales
+
+
+def quantization_scales(weight: np.ndarray, bits: int, per_column: bool) -> np.ndarray:
+    """``quantize``'s scales alone: max|W| / (2^(bits-1) - 1), from the extremes (no |W| copy)."""
+    qmax = 2 ** (bits - 1) - 1
+    if qmax < 1:
+        raise ValueError(f"symmetric quantisation needs at least 2 bits, got {bits}")
+    axis = -2 if per_column else None
+    peak = np.maximum(np.max(weight, axis=axis), -np.min(weight, axis=axis)).astype(np.float64)
+    step = np.asarray(peak / qmax, np.float64)
+    return np.where(step > 0, step, 1.0)
 
 
 def dequantize(w_q: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -71,7 +78,12 @@ class Encoded:
         return len(self.levels)
 
     def significance(self, index: int) -> int:
-        return 1 << (index * self.bits_per_cell)
+        return significance(index, self.bits_per_cell)
+
+
+def significance(index: int, bits_per_cell: int) -> int:
+    """The weight of slice ``index`` in the recombination: 2^(index · bits_per_cell)."""
+    return 1 << (index * bits_per_cell)
 
 
 def slice_count(bits: int, bits_per_cell: int, encoding: str) -> int:
@@ -332,23 +344,21 @@ def tileable(module: Module, op: Op) -> str | None:
 
 @dataclass
 class LayerPlan:
-    """One analog layer's tiling, before replication is decided."""
+    """One analog layer's tiling, from shapes alone: what counting, replication and placement need.
+    The weights are read again, one layer at a time, only when the arrays are emitted."""
 
     op: Op
     layer: str
     view: MatrixView
-    lowering: Lowering
-    w_q: np.ndarray  # (G, K, N)
-    scales: np.ndarray  # () or (G, N)
-    encoded: Encoded
     rows: list[tuple[int, int]]
     cols: list[tuple[int, int]]
+    slices: int
     input_slices: int
     replicas: int = 1
 
     @property
     def arrays(self) -> int:
-        return self.view.groups * len(self.rows) * len(self.cols) * self.encoded.slices
+        return self.view.groups * len(self.rows) * len(self.cols) * self.slices
 
     @property
     def mvms(self) -> int:
@@ -359,19 +369,21 @@ class LayerPlan:
         return -(-self.view.vectors // replicas) * self.input_slices
 
 
-def plan_layer(module: Module, op: Op, target: Any, per_column: bool) -> LayerPlan:
+def _lowered(module: Module, op: Op) -> tuple[MatrixView, Lowering]:
     lowered = _lower(module, op)
     if isinstance(lowered, str):
         raise PassError(f"tile: {op.name} is marked analog but cannot be tiled: {lowered}", node=op.loc or None)
-    view, lowering = lowered
+    return lowered
+
+
+def plan_layer(module: Module, op: Op, target: Any) -> LayerPlan:
+    view, _ = _lowered(module, op)
     array = target.array
-    bits = array.weight_bits
-    w_q, scales = quantize(lowering.matrix, bits, per_column)
-    encoded = encode(w_q, bits, array.bits_per_cell, array.encoding)
     usable = array.cols - (1 if array.encoding == "offset" else 0)
     rows = near_equal_splits(view.rows, -(-view.rows // array.rows))
     cols = near_equal_splits(view.cols, -(-view.cols // usable))
-    return LayerPlan(op, op.loc or op.result.name, view, lowering, w_q, scales, encoded, rows, cols, target.dac.phases)
+    slices = slice_count(array.weight_bits, array.bits_per_cell, array.encoding)
+    return LayerPlan(op, op.loc or op.result.name, view, rows, cols, slices, target.dac.phases)
 
 
 def plan_replicas(plans: list[LayerPlan], replicate: str, capacity: int) -> None:
@@ -411,10 +423,33 @@ def _array_levels(encoded: Encoded, s: int, g: int, rows: tuple[int, int], cols:
     return np.concatenate([block, reference], axis=1)
 
 
-def emit_layer(module: Module, plan: LayerPlan, target: Any) -> list[Op]:
-    """The xbar ops replacing ``plan.op`` (unfold, levels constants and mvms, accumulates, assemble)."""
-    op, layer, view, low, enc = plan.op, plan.layer, plan.view, plan.lowering, plan.encoded
-    per_column = plan.scales.ndim > 0
+def _levels_type(target: Any, rows: tuple[int, int], cols: tuple[int, int]) -> TensorType:
+    """The type ``_array_levels`` gives one array: (2, r, c) differential, (r, c + 1) offset."""
+    array = target.array
+    (r0, r1), (c0, c1) = rows, cols
+    dtype = "u8" if array.bits_per_cell <= 8 else "u16"
+    if array.encoding == "differential":
+        return TensorType((2, r1 - r0, c1 - c0), dtype)
+    return TensorType((r1 - r0, c1 - c0 + 1), dtype)
+
+
+def emit_layer(module: Module, plan: LayerPlan, target: Any, per_column: bool, with_levels: bool) -> list[Op]:
+    """The xbar ops replacing ``plan.op`` (unfold, levels constants and mvms, accumulates, assemble).
+
+    Without levels the constants are typed placeholders: the module counts, places and schedules
+    but cannot run (what ``afmc check`` needs, at a fraction of the memory).
+    """
+    op, layer, view = plan.op, plan.layer, plan.view
+    array = target.array
+    _, low = _lowered(module, op)
+    enc: Encoded | None = None
+    if with_levels:
+        w_q, scales = quantize(low.matrix, array.weight_bits, per_column)
+        enc = encode(w_q, array.weight_bits, array.bits_per_cell, array.encoding)
+        del w_q
+    else:
+        scales = quantization_scales(low.matrix, array.weight_bits, per_column)
+    encoding = array.encoding
     source = op.operands[0]
     assert source is not None
     unfold = module.create_op(
@@ -424,23 +459,27 @@ def emit_layer(module: Module, plan: LayerPlan, target: Any) -> list[Op]:
     ops = [unfold]
     blocks: list[Value] = []
     common = {
-        "layer": layer, "encoding": enc.encoding, "replicas": plan.replicas, "input_slices": plan.input_slices,
+        "layer": layer, "encoding": encoding, "replicas": plan.replicas, "input_slices": plan.input_slices,
         "dac_bits": target.dac.bits, "adc_bits": target.adc.bits,
     }
     for g in range(view.groups):
         for ci, (c0, c1) in enumerate(plan.cols):
-            weight_scale: Any = plan.scales[g, c0:c1] if per_column else float(plan.scales)
+            weight_scale: Any = scales[g, c0:c1] if per_column else float(scales)
             parts: list[Value] = []
-            scales: list[float] = []
+            gains: list[float] = []
             for ri, (r0, r1) in enumerate(plan.rows):
-                for s in range(enc.slices):
+                for s in range(plan.slices):
                     name = f"{layer}.g{g}.r{ri}.c{ci}.s{s}"
-                    levels = _array_levels(enc, s, g, (r0, r1), (c0, c1))
-                    _, levels_op = module.add_constant(levels, name, op.loc)
+                    if enc is not None:
+                        _, levels_op = module.add_constant(_array_levels(enc, s, g, (r0, r1), (c0, c1)), name, op.loc)
+                    else:
+                        _, levels_op = module.add_placeholder(_levels_type(target, (r0, r1), (c0, c1)), name, op.loc)
+                    weight_of_slice = significance(s, array.bits_per_cell)
                     attrs = {
                         **common, "group": g, "rows": (r0, r1), "cols": (c0, c1), "slice": s,
-                        "significance": enc.significance(s), "array": levels_op.attr("value"),
-                        "rows_used": r1 - r0, "cols_used": levels.shape[-1], "weight_scale": weight_scale,
+                        "significance": weight_of_slice, "array": levels_op.attr("value"),
+                        "rows_used": r1 - r0, "cols_used": levels_op.result.type.shape[-1],
+                        "weight_scale": weight_scale,
                     }
                     mvm = module.create_op(
                         "xbar.mvm", [unfold.result, levels_op.result], [TensorType((view.vectors, c1 - c0), "f32")],
@@ -448,9 +487,9 @@ def emit_layer(module: Module, plan: LayerPlan, target: Any) -> list[Op]:
                     )
                     ops += [levels_op, mvm]
                     parts.append(mvm.result)
-                    gain = enc.significance(s) * low.gain
-                    scales.append(float(gain if per_column else gain * float(plan.scales)))
-            acc_attrs: dict[str, Any] = {"layer": layer, "group": g, "cols": (c0, c1), "scales": tuple(scales)}
+                    gain = weight_of_slice * low.gain
+                    gains.append(float(gain if per_column else gain * float(scales)))
+            acc_attrs: dict[str, Any] = {"layer": layer, "group": g, "cols": (c0, c1), "scales": tuple(gains)}
             if per_column:
                 acc_attrs["column_scales"] = np.asarray(weight_scale, np.float64)
             acc = module.create_op(
@@ -476,10 +515,10 @@ def emit_layer(module: Module, plan: LayerPlan, target: Any) -> list[Op]:
 def summary(plan: LayerPlan, target: Any) -> dict[str, Any]:
     """One row of ``ctx.report['tiles']`` (keys as ``afmc.report`` reads them: rows = K, cols = N)."""
     view, array = plan.view, target.array
-    cells = view.groups * view.rows * view.cols * plan.encoded.slices
+    cells = view.groups * view.rows * view.cols * plan.slices
     return {
         "layer": plan.layer, "kind": view.kind, "groups": view.groups, "rows": view.rows, "cols": view.cols,
-        "row_splits": len(plan.rows), "col_splits": len(plan.cols), "slices": plan.encoded.slices,
+        "row_splits": len(plan.rows), "col_splits": len(plan.cols), "slices": plan.slices,
         "arrays": plan.arrays, "replicas": plan.replicas, "physical_arrays": plan.arrays * plan.replicas,
         "utilization": cells / (plan.arrays * array.rows * array.cols),
     }
@@ -493,6 +532,7 @@ class Tile(Pass):
     name: ClassVar[str] = "tile"
     replicate: str = "1"
     scale: str = "layer"
+    levels: bool = True
 
     def __post_init__(self) -> None:
         if self.replicate != "auto" and not (self.replicate.isdigit() and int(self.replicate) >= 1):
@@ -510,9 +550,10 @@ class Tile(Pass):
         if analog and target.array.weight_bits < 2:
             raise AfmcError("tile: symmetric weights need array.weight_bits >= 2")
         existing = sum(int(op.attr("replicas", 1)) for op in module.ops if op.name == "xbar.mvm")
-        plans = [plan_layer(module, op, target, self.scale == "column") for op in analog]
+        plans = [plan_layer(module, op, target) for op in analog]
         plan_replicas(plans, self.replicate, capacity_of(target) - existing)
-        lowered = {id(plan.op): emit_layer(module, plan, target) for plan in plans}
+        per_column = self.scale == "column"
+        lowered = {id(plan.op): emit_layer(module, plan, target, per_column, self.levels) for plan in plans}
         module.ops = [new for op in module.ops for new in lowered.get(id(op), [op])]
         module.remove_dead()
         ctx.report.setdefault("tiles", []).extend(summary(plan, target) for plan in plans)
@@ -522,5 +563,5 @@ class Tile(Pass):
 
 __all__ = [
     "Encoded", "LayerPlan", "Lowering", "Tile", "capacity_of", "dequantize", "encode", "near_equal_splits",
-    "plan_replicas", "quantize", "reassemble", "slice_count", "tileable",
+    "plan_replicas", "quantization_scales", "quantize", "reassemble", "significance", "slice_count", "tileable",
 ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -359,16 +358,14 @@ def synthetic(layers: int, arrays_per_layer: int, vectors: int = 4) -> Module:
     return module
 
 
-def test_ten_thousand_arrays_in_seconds() -> None:
-    """100 layers × 100 arrays × 16 inferences. Per layer: the arrays run in parallel for 4 vectors ·
-    2 phases · 20 ns = 160 ns; the farthest array (core [3, 3], 6 hops) receives 4 · 8 bytes and
-    returns 4 · 8 bytes: 2 · 6 · 32 = 384 ns. Digital work is free here."""
+def test_ten_thousand_arrays() -> None:
+    """100 layers × 100 arrays × 16 inferences (its speed is bench material, not asserted). Per layer:
+    the arrays run in parallel for 4 vectors · 2 phases · 20 ns = 160 ns; the farthest array (core
+    [3, 3], 6 hops) receives 4 · 8 bytes and returns 4 · 8 bytes: 2 · 6 · 32 = 384 ns. Digital work
+    is free here."""
     module = synthetic(layers=100, arrays_per_layer=100)
-    started = time.perf_counter()
     perf = estimate(module, tiny_target(digital_ops_per_s=1e18), stream=16)
-    elapsed = time.perf_counter() - started
     assert perf.arrays == 10_000
-    assert elapsed < 30, f"estimate took {elapsed:.1f} s"
     assert close(perf.latency_ns, 100 * (160 + 384), 1e-6)
     assert close(perf.bound_interval_ns, 160.0) and close(perf.interval_ns, 160.0, 1e-6)
     assert len(perf.array_busy) == 10_000

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,10 +31,12 @@ from afmc.passes.tile import (
 )
 from afmc.targets import load_target
 from afmc.targets.spec import TargetSpec, from_dict
+from helpers import SAMPLE_NAMES, sample_inputs, sample_path, sample_shapes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from afmc.driver import check_passes, compile_module, load_module
 from afmc.errors import AfmcError, PassError, UsageError, VerifyError
 from afmc.frontend.importer import import_model
 from afmc.interp import run_module
@@ -668,3 +670,28 @@ def test_weight_constant_is_removed_and_output_name_kept() -> None:
     assert "w" not in module.constants
     assert [v.name for v in module.outputs] == ["y"]
     assert module.outputs[0].producer.name == "xbar.assemble"
+
+
+@pytest.mark.parametrize("target_name", ["pcm", "crossbar", "flash"])
+@pytest.mark.parametrize("sample", SAMPLE_NAMES)
+def test_check_tiles_without_levels_like_compile(sample: str, target_name: str) -> None:
+    """``afmc check`` tiles without computing cell levels (placeholders): the same ops, attributes,
+    types, tile and placement report as the full pass, and the placeholders refuse to run."""
+    target = load_target(target_name)
+    check_only = check_passes(target, None)
+    assert [p.levels for p in check_only if isinstance(p, Tile)] == [False]
+    full_passes = [replace(p, levels=True) if isinstance(p, Tile) else p for p in check_only]
+    runs = [compile_module(load_module(sample_path(sample), sample_shapes(sample, 2)), target, passes=passes)
+            for passes in (check_only, full_passes)]
+    check, full = runs
+    for key in ("tiles", "placement"):
+        assert check.context.report[key] == full.context.report[key]
+
+    def structure(module: Module) -> list[tuple[str, dict[str, Any], list[TensorType]]]:
+        return [(op.name, dict(op.attributes), [r.type for r in op.results]) for op in module.ops]
+
+    assert structure(check.module) == structure(full.module)
+    placeholders = [c for c in check.module.constants.values() if c.data is None]
+    assert len(placeholders) == len(mvms(check.module)) > 0
+    with pytest.raises(AfmcError, match="elided"):
+        run_module(check.module, sample_inputs(sample, 2))

@@ -211,6 +211,10 @@ class Op:
         return f"<{names} = {self.name} loc({self.loc!r})>"
 
 
+#: The digest of a placeholder constant, whose contents were never computed.
+PLACEHOLDER_DIGEST = "0" * 16
+
+
 class Constant:
     """A pool entry: a named tensor. ``data`` is ``None`` when parsed from a dump that elided it."""
 
@@ -320,6 +324,15 @@ class Module:
         op = self.create_op(
             "nn.constant", [], [constant.type], {"value": SymbolRef(symbol)}, loc or hint, [hint]
         )
+        return constant, op
+
+    def add_placeholder(self, type: TensorType, hint: str, loc: str = "") -> tuple[Constant, Op]:
+        """Like ``add_constant`` for a tensor whose contents are not computed: only its type is known
+        (printed elided, refused by the interpreter)."""
+        symbol = self.fresh_symbol(hint)
+        constant = Constant(symbol, type, None, PLACEHOLDER_DIGEST)
+        self.constants[symbol] = constant
+        op = self.create_op("nn.constant", [], [type], {"value": SymbolRef(symbol)}, loc or hint, [hint])
         return constant, op
 
     # -- queries ---------------------------------------------------------------------------
