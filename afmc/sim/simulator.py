@@ -56,7 +56,6 @@ import numpy as np
 
 from ..errors import AfmcError
 from ..interp.interpreter import Interpreter
-from ..interp.ops.xbar import UNFOLDERS
 from ..ir.core import Module, Op, Value
 from .devices import DeviceModel, Effects, full_scale_levels, make_device, target_conductances
 from .periphery import (
@@ -524,10 +523,6 @@ class AnalogSimulator(Interpreter):
             return [result]
         if op.name in CHUNKED_ELEMENTWISE and args[0] is not None and np.size(args[0]) > _CHUNK_ELEMENTS:
             return [_chunked(lambda part: super(AnalogSimulator, self).run_op(op, [part])[0], args[0])]
-        if op.name == "xbar.unfold":  # the ideal impl in float32: the same values, without float64 copies
-            assert args[0] is not None
-            rows = UNFOLDERS[op.attr("kind")](op, np.asarray(args[0], F32))
-            return [np.ascontiguousarray(rows, F32)]
         return super().run_op(op, args)
 
     def forward(self, layer: AnalogLayer, unfolded: np.ndarray) -> dict[int, np.ndarray]:

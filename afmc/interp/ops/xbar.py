@@ -1,9 +1,10 @@
 """Ideal (noise-free, exact) reference semantics of the ``xbar`` dialect.
 
 These define what a tiled layer computes: the analog simulator replaces ``xbar.mvm`` with device
-and converter models and must agree with this when every non-ideality is off. Arithmetic is in
-float64, results are float32 (the xbar result types) except ``xbar.assemble``, which returns the
-nn op's own result type.
+and converter models and must agree with this when every non-ideality is off. ``xbar.mvm`` computes
+in float64 and rounds once; ``xbar.accumulate`` and ``xbar.assemble`` are a float32 GEMM epilogue (a
+rounding per term: float64 there cost the simulator more than its array reads). Results are float32
+(the xbar result types) except ``xbar.assemble``, which returns the nn op's own result type.
 """
 
 from __future__ import annotations
@@ -86,11 +87,11 @@ def _rows(y: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 @impl("xbar.unfold")
 def unfold(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
-    x = np.asarray(args[0], np.float64)
-    rows = UNFOLDERS[op.attr("kind")](op, x)
+    """A gather (and zero padding): exact in float32."""
+    rows = UNFOLDERS[op.attr("kind")](op, np.asarray(args[0], np.float32))
     if rows.shape != op.result.type.shape:
         raise ValueError(f"{op.name} at {op.loc!r}: unfolded to {rows.shape}, declared {op.result.type}")
-    return [rows.astype(np.float32)]
+    return [np.ascontiguousarray(rows)]
 
 
 @impl("xbar.mvm")
@@ -107,22 +108,26 @@ def mvm(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
 @impl("xbar.accumulate")
 def accumulate(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
     """Σ scales[i] · part[i], then per-column weight scales if the layer has them."""
-    total = np.zeros(op.result.type.shape, np.float64)
-    for scale, part in zip(op.attr("scales"), args):
-        total += scale * np.asarray(part, np.float64)
+    total = np.empty(op.result.type.shape, np.float32)
+    term = np.empty_like(total) if len(args) > 1 else total
+    for i, (scale, part) in enumerate(zip(op.attr("scales"), args)):
+        np.multiply(np.asarray(part, np.float32), np.float32(scale), out=total if i == 0 else term)
+        if i > 0:
+            total += term
     column_scales = op.attr("column_scales")
     if column_scales is not None:
-        total *= np.asarray(column_scales, np.float64)
-    return [total.astype(np.float32)]
+        total *= np.asarray(column_scales, np.float32)
+    return [total]
 
 
 @impl("xbar.assemble")
 def assemble(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
     """Column blocks side by side within a group, groups side by side, plus bias, in the nn layout."""
     blocks = int(op.attr("groups")) * int(op.attr("col_splits"))
-    y = np.concatenate([np.asarray(a, np.float64) for a in args[:blocks]], axis=1)
+    parts = [np.asarray(a, np.float32) for a in args[:blocks]]
+    y = parts[0] if blocks == 1 else np.concatenate(parts, axis=1)
     bias = args[blocks] if len(args) > blocks else None
     if bias is not None:
-        y = y + float(op.attr("bias_scale")) * np.asarray(bias, np.float64)
+        y = y + np.float32(op.attr("bias_scale")) * np.asarray(bias, np.float32)
     shape = op.result.type.shape
-    return [LAYOUTS[op.attr("kind")](y, shape).astype(result_dtype(op))]
+    return [LAYOUTS[op.attr("kind")](y, shape).astype(result_dtype(op), copy=False)]
