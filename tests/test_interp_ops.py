@@ -180,6 +180,18 @@ def test_erf_accuracy_against_math() -> None:
     assert erf(np.float32(0.5) * np.ones((), np.float32)).dtype == np.float32
 
 
+def test_float32_erf_is_within_two_ulp_of_math() -> None:
+    """float32 inputs take a float32 path: within 2 ulp of the correctly rounded erf on a dense grid."""
+    xs = np.concatenate([np.linspace(-4.5, 4.5, 900_001, dtype=np.float32),
+                         np.float32([0.0, 1e-30, 1e-40, -1.0, 1.0, 3.92, 4.0, 8.0, -1e30, np.inf, -np.inf])])
+    got = erf(xs)
+    assert got.dtype == np.float32
+    want = np.array([math.erf(float(v)) for v in xs])
+    ulp = np.spacing(np.abs(want.astype(np.float32))).astype(np.float64)
+    assert np.max(np.abs(got - want) / ulp) <= 2.0
+    assert np.isnan(erf(np.float32([np.nan]))).all() and np.signbit(erf(np.float32([-0.0])))[0]
+
+
 @pytest.mark.parametrize(
     ("op_type", "attrs"),
     [

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +55,6 @@ import numpy as np
 
 from ..errors import AfmcError
 from ..interp.interpreter import Interpreter
-from ..interp.ops.xbar import UNFOLDERS
 from ..ir.core import Module, Op, Value
 from .devices import DeviceModel, Effects, full_scale_levels, make_device, target_conductances
 from .periphery import (
@@ -312,8 +310,8 @@ class AnalogLayer:
         self.weights = np.ascontiguousarray(w, F32)
         self.codes_folded = False
 
-    def set_exact(self, ir_drop: bool) -> None:
-        """Weight stacks holding the exact integer levels (no device effects)."""
+    def set_exact(self, ir_drop: float) -> None:
+        """Weight stacks holding the exact integer levels (no device effects); ``ir_drop`` as `set_ir`."""
         self.weights = self.physical_levels[:, None]
         self.codes_folded = False
         self.set_ir(ir_drop)
@@ -339,9 +337,11 @@ class AnalogLayer:
         self.current_scale = (self.rows_used / g_ratio * step_out).astype(F32)[:, None, None, None]
         self.codes_folded = True
 
-    def set_ir(self, ir_drop: bool) -> None:
-        """IR drop needs Σ w·a·f and Σ |w||a| besides Σ w·a. The first comes from the stack [w | f·w]
-        (one product of twice the columns). The second only sets the small coefficient c(a), so it
+    def set_ir(self, ir_drop: float) -> None:
+        """IR drop (scaled by ``ir_drop``, 0 = off) needs Σ w·a·f and Σ |w||a| besides Σ w·a. The first
+        comes from the stack [w | k·f·w] (one product of twice the columns; k = 0.05·ir_drop, the
+        leading constant of ir_drop·c(a), which `_convert` then evaluates as a·((a − 4)·a + 10)).
+        The second only sets the small coefficient c(a), so it
         uses |W| ≈ Q·(Qᵀ|W|), a rank-32 range sketch (fixed seed, one power iteration): |W| ≥ 0 is
         dominated by its mean, and the sketch holds Σ|w||a| to ~6 % on random 256×256 weights, i.e.
         the drop itself to ~6 % (tested); arrays with at most 64 rows or columns use |W| itself."""
@@ -349,7 +349,8 @@ class AnalogLayer:
         if not ir_drop or self.weights is None:
             return
         f = ir_drop_factors(self.rows_used, self.rows)  # (B, R)
-        self.ir_stack = np.concatenate([self.weights, self.weights * f[:, None, :, None]], axis=-1)
+        k = F32(0.05 * ir_drop)
+        self.ir_stack = np.concatenate([self.weights, self.weights * (k * f[:, None, :, None])], axis=-1)
         magnitude = np.abs(self.weights)
         if self.codes_folded:
             magnitude *= self.current_scale
@@ -483,7 +484,7 @@ class AnalogSimulator(Interpreter):
             raise AfmcError("program() must come before set_time()")
         seq = self._samples[self.sample]
         key = time_key(t)
-        ir = self.options.ir_drop > 0
+        ir = self.options.ir_drop
         units = {phase.unit for phase in self.dac.phases}
         for layer in self.layers:
             if self.device_effects:
@@ -524,10 +525,6 @@ class AnalogSimulator(Interpreter):
             return [result]
         if op.name in CHUNKED_ELEMENTWISE and args[0] is not None and np.size(args[0]) > _CHUNK_ELEMENTS:
             return [_chunked(lambda part: super(AnalogSimulator, self).run_op(op, [part])[0], args[0])]
-        if op.name == "xbar.unfold":  # the ideal impl in float32: the same values, without float64 copies
-            assert args[0] is not None
-            rows = UNFOLDERS[op.attr("kind")](op, np.asarray(args[0], F32))
-            return [np.ascontiguousarray(rows, F32)]
         return super().run_op(op, args)
 
     def forward(self, layer: AnalogLayer, unfolded: np.ndarray) -> dict[int, np.ndarray]:
@@ -675,16 +672,16 @@ class AnalogSimulator(Interpreter):
             else:
                 s = abs_max_scale(a) if abs_max else np.ones(a.shape[:2] + (1,), F32)
             return self.dac.normalise(a, s), s
+        # Gather the blocks first (reductions over strided rows are several times slower); the zero
+        # padding changes neither max|x| nor the quantised values.
         q = layer.workspace("q", (len(layer.blocks), a.shape[1], layer.rows), F32, zero=True)
-        s = np.ones((len(layer.blocks), a.shape[1], 1), F32)
         for b, (g, r0, r1) in enumerate(layer.blocks):
-            part = a[g, :, r0:r1]
-            if static is not None:
-                s[b] = F32(static[b])
-            elif abs_max:
-                s[b] = abs_max_scale(part)
-            self.dac.normalise(part, s[b], out=q[b, :, : r1 - r0])
-        return q, s
+            q[b, :, : r1 - r0] = a[g, :, r0:r1]
+        if static is not None:
+            s = np.repeat(static.astype(F32)[:, None, None], a.shape[1], axis=1)
+        else:
+            s = abs_max_scale(q) if abs_max else np.ones(q.shape[:2] + (1,), F32)
+        return self.dac.normalise(q, s, out=q), s
 
     def _read(self, layer: AnalogLayer, x: np.ndarray) -> np.ndarray:
         """`_read_quantised` of a gathered (B, M, R) input stack (the result is the layer's workspace:
@@ -695,10 +692,10 @@ class AnalogSimulator(Interpreter):
     def _read_quantised(self, layer: AnalogLayer, q: np.ndarray, s: np.ndarray) -> np.ndarray:
         """The non-ideal reads of one layer: (B, M, R) inputs → (B, M, width) level-domain results.
 
-        Per input phase, one batched product over the whole layer (BLAS uses every core) into a
-        workspace kept between calls; the element-wise converter steps then run over chunks of
-        vectors small enough to stay in cache. Each chunk draws its noise from its own generator,
-        keyed by (call, phase, chunk), so results do not depend on how chunks are scheduled."""
+        Per input phase, one batched product over the whole layer into a workspace kept between
+        calls; the IR-drop current term and the element-wise converter steps then run over chunks
+        of vectors small enough to stay in cache. The output noise of a (call, phase) comes from its
+        own generator, keyed by (call, phase), drawn chunk after chunk in order."""
         assert layer.weights is not None and self._noise_seq is not None
         blocks, vectors = q.shape[:2]
         # The results live in a workspace too: each array's result is read (by xbar.accumulate)
@@ -708,7 +705,7 @@ class AnalogSimulator(Interpreter):
         ir = layer.ir_stack is not None
         width = layer.phys_width
         rows = max(1, _CHUNK_ELEMENTS // max(1, blocks * width))
-        chunks = [(m0, min(m0 + rows, vectors)) for m0 in range(0, vectors, rows)]
+        chunks = layer.replica_spans(vectors, rows)
         self._calls += 1
         call = self._calls
         factors = self._factors(layer)
@@ -724,21 +721,22 @@ class AnalogSimulator(Interpreter):
             prod = layer.workspace("prod", (blocks, vectors, weights.shape[-1]), d.dtype)
             for replica, m0, m1 in spans:
                 np.matmul(d[:, m0:m1], weights[:, replica], out=prod[:, m0:m1])
-            current = None
-            if ir:  # Σ |w||a| (level units), for the IR-drop coefficient
-                magnitude = d if d.min() >= 0 else np.abs(d)
-                current = layer.workspace("current", (blocks, vectors, width), F32)
-                for replica, m0, m1 in spans:
-                    layer.abs_current(magnitude[:, m0:m1], replica, out=current[:, m0:m1])
             sigma = self._noise_sigma(layer, d, phase.unit)
             table = self._noise_table(sigma) if sigma is not None and not isinstance(sigma, np.ndarray) else None
+            rng = np.random.Generator(np.random.PCG64(_child(self._noise_seq, call, p))) if sigma is not None else None
             scratch = np.empty((blocks, rows, width), F32)
-            for index, (m0, m1) in enumerate(chunks):
+            current = np.empty((blocks, rows, width), F32) if ir else None
+            magnitude = np.empty((blocks, rows, d.shape[-1]), F32) if ir else None
+            for replica, m0, m1 in chunks:
                 part = prod[:, m0:m1]
+                here = None
+                if magnitude is not None and current is not None:  # Σ |w||a| (level units)
+                    size = m1 - m0
+                    np.abs(d[:, m0:m1], out=magnitude[:, :size])
+                    here = layer.abs_current(magnitude[:, :size], replica, out=current[:, :size])
                 y = self._convert(
                     layer, part[..., :width], k, sigma[:, m0:m1] if isinstance(sigma, np.ndarray) else sigma, table,
-                    _child(self._noise_seq, call, p, index), None if current is None else part[..., width:],
-                    None if current is None else current[:, m0:m1], scratch[:, : m1 - m0])
+                    rng, None if here is None else part[..., width:], here, scratch[:, : m1 - m0])
                 target = out[:, m0:m1]
                 if p == 0 and p == last:
                     np.multiply(y, s[:, m0:m1], out=target)
@@ -781,17 +779,16 @@ class AnalogSimulator(Interpreter):
         return cached[1]
 
     def _convert(self, layer: AnalogLayer, acc: np.ndarray, k: dict[str, np.ndarray], sigma: Any,
-                 table: np.ndarray | None, seq: np.random.SeedSequence, signed: np.ndarray | None,
+                 table: np.ndarray | None, rng: np.random.Generator | None, signed: np.ndarray | None,
                  current: np.ndarray | None, scratch: np.ndarray) -> np.ndarray:
         """One phase of a chunk of reads, from the level-domain products to the recombined results:
         IR drop, to ADC codes, noise, conversion, back to level units, reference column subtracted.
-        ``acc`` (a view into the workspace) is overwritten."""
+        ``acc`` (a view into the workspace) and ``current`` are overwritten."""
         if signed is not None and current is not None:  # acc −= ir_drop · c(a) · Σ w·a·f
-            a = np.multiply(current, k["ir_current"], out=scratch) if "ir_current" in k else current
-            c = np.multiply(a, F32(0.05 * self.options.ir_drop), out=scratch if a is current else None)
-            c -= F32(0.2 * self.options.ir_drop)
+            a = np.multiply(current, k["ir_current"], out=current) if "ir_current" in k else current
+            c = np.subtract(a, F32(4.0), out=scratch)  # c(a) = 0.05·a·((a − 4)·a + 10); 0.05·ir_drop is in `signed`
             c *= a
-            c += F32(0.5 * self.options.ir_drop)
+            c += F32(10.0)
             c *= a
             c *= signed
             acc -= c
@@ -802,7 +799,7 @@ class AnalogSimulator(Interpreter):
         else:  # the float64 product of exact integers, rounded once
             y = (acc * k["to_codes"]).astype(F32)
         if sigma is not None:
-            rng = np.random.Generator(np.random.PCG64(seq))
+            assert rng is not None
             if table is not None:
                 y += gaussian_noise(rng, y.shape, table=table, out=scratch)
             else:  # per-row σ (per-read device noise)
@@ -849,21 +846,3 @@ def _chunked(fn: Any, x: np.ndarray) -> np.ndarray:
 IR_SKETCH_RANK = 32
 #: Elements of one chunk's (B, rows, C) result: 256 KB of float32, so a few stay in a core's L2 cache.
 _CHUNK_ELEMENTS = 1 << 16
-_POOL: Any = None
-
-
-def _run_tasks(task: Any, count: int) -> None:
-    """Run ``task(i)`` for i < count (on a thread pool when ``AFMC_SIM_THREADS`` > 1: numpy releases
-    the GIL, but BLAS threads that spin after each product compete with the pool on small machines)."""
-    global _POOL
-    threads = int(os.environ.get("AFMC_SIM_THREADS", "1"))
-    if count == 1 or threads <= 1:
-        for i in range(count):
-            task(i)
-        return
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="afmc-sim")
-    for future in [_POOL.submit(task, i) for i in range(count)]:
-        future.result()

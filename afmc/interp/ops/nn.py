@@ -269,36 +269,43 @@ def batch_normalization(op: Op, args: Sequence[Array | None]) -> list[Array]:
 
 @impl("nn.layer_normalization")
 def layer_normalization(op: Op, args: Sequence[Array | None]) -> list[Array]:
-    """Normalise over dims ``axis..`` (float64 statistics); optional Mean and InvStdDev results."""
+    """Normalise over dims ``axis..`` (two-pass statistics in float32, float64 for float64 inputs, as
+    onnxruntime); optional Mean and InvStdDev results."""
     x = np.asarray(args[0])
-    scale = np.asarray(args[1], dtype=np.float64)
+    work = compute_float(x.dtype)
+    scale = np.asarray(args[1]).astype(work, copy=False)
     bias = args[2] if len(args) > 2 else None
     axis = norm_axis(int(op.attr("axis", -1)), x.ndim)
     eps = float(op.attr("epsilon", 1e-5))
-    x64 = x.astype(np.float64)
     axes = tuple(range(axis, x.ndim))
-    mean = x64.mean(axis=axes, keepdims=True)
-    centered = x64 - mean
-    inv_std = 1.0 / np.sqrt((centered * centered).mean(axis=axes, keepdims=True) + eps)
-    y = centered * inv_std * scale
+    mean = x.mean(axis=axes, keepdims=True, dtype=work)
+    centered = np.subtract(x, mean, dtype=work)
+    y = np.square(centered)
+    inv_std = y.mean(axis=axes, keepdims=True)
+    inv_std += np.asarray(eps, work)
+    np.sqrt(inv_std, out=inv_std)
+    np.reciprocal(inv_std, out=inv_std)
+    np.multiply(centered, inv_std, out=y)
+    y *= scale
     if bias is not None:
-        y = y + np.asarray(bias, dtype=np.float64)
+        y += np.asarray(bias).astype(work, copy=False)
     outs = [y, mean, inv_std]
     return [to_dtype(v, result_dtype(op, i)) for i, v in enumerate(outs[: len(op.results)])]
 
 
 @impl("nn.softmax")
 def softmax(op: Op, args: Sequence[Array | None]) -> list[Array]:
-    """exp(x - max) / sum along one axis (opset 13 semantics), in float64."""
+    """exp(x - max) / sum along one axis (opset 13 semantics), in float32 (float64 for float64)."""
     x = np.asarray(args[0])
     axis = norm_axis(int(op.attr("axis", -1)), x.ndim)
-    x64 = x.astype(np.float64)
+    work = compute_float(x.dtype)
     with np.errstate(invalid="ignore", over="ignore"):
-        e = np.exp(x64 - x64.max(axis=axis, keepdims=True))
-        return [to_dtype(e / e.sum(axis=axis, keepdims=True), x.dtype)]
+        e = np.subtract(x, x.max(axis=axis, keepdims=True), dtype=work)
+        np.exp(e, out=e)
+        e /= e.sum(axis=axis, keepdims=True)
+        return [to_dtype(e, x.dtype)]
 
 
-# -- pooling --------------------------------------------------------------------------------------
 def _lowest(dtype: np.dtype) -> Any:
     """MaxPool's start value: the lowest finite number, as onnxruntime (so a window of padding or
     of -inf gives it, not -inf)."""

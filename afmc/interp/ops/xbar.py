@@ -1,9 +1,10 @@
 """Ideal (noise-free, exact) reference semantics of the ``xbar`` dialect.
 
 These define what a tiled layer computes: the analog simulator replaces ``xbar.mvm`` with device
-and converter models and must agree with this when every non-ideality is off. Arithmetic is in
-float64, results are float32 (the xbar result types) except ``xbar.assemble``, which returns the
-nn op's own result type.
+and converter models and must agree with this when every non-ideality is off. ``xbar.mvm`` computes
+in float64 and rounds once; ``xbar.accumulate`` and ``xbar.assemble`` are a float32 GEMM epilogue (a
+rounding per term: float64 there cost the simulator more than its array reads). Results are float32
+(the xbar result types) except ``xbar.assemble``, which returns the nn op's own result type.
 """
 
 from __future__ import annotations
@@ -35,31 +36,35 @@ def _register(table: dict[str, Callable], *kinds: str) -> Callable[[Callable], C
 
 
 def _spatial(parts: Iterable[slice]) -> tuple[slice, ...]:
-    """An index that keeps batch and channels whole and applies ``parts`` to the axes after them."""
-    return (slice(None), slice(None), *parts)
+    """An index of a channels-last array that keeps batch and channels whole and applies ``parts``
+    to the spatial axes between them."""
+    return (slice(None), *parts, slice(None))
 
 
 @_register(UNFOLDERS, "conv", "conv_transpose")
 def _im2col(op: Op, x: np.ndarray) -> np.ndarray:
-    """Zero-stuff by ``input_dilations``, pad (negative = crop), then gather every kernel window."""
+    """Zero-stuff by ``input_dilations``, pad (negative = crop), then gather every kernel window. The
+    input is moved channels-last first (the padding copy does it), so that the gather copies runs of
+    channels rather than of kernel columns: ~25 % faster."""
     kernel, strides = tuple(op.attr("kernel")), tuple(op.attr("strides"))
     dilations, stuffing, pads = tuple(op.attr("dilations")), tuple(op.attr("input_dilations")), op.attr("pads")
     n, groups = len(kernel), int(op.attr("groups"))
     batch, channels = x.shape[:2]
+    x = np.moveaxis(x, 1, -1)
     if any(d > 1 for d in stuffing):
-        stuffed = np.zeros((batch, channels, *((s - 1) * d + 1 for s, d in zip(x.shape[2:], stuffing))), x.dtype)
+        stuffed = np.zeros((batch, *((s - 1) * d + 1 for s, d in zip(x.shape[1:-1], stuffing)), channels), x.dtype)
         stuffed[_spatial(slice(None, None, d) for d in stuffing)] = x
         x = stuffed
     begin, end = pads[:n], pads[n:]
-    x = np.pad(x, [(0, 0), (0, 0)] + [(max(b, 0), max(e, 0)) for b, e in zip(begin, end)])
-    x = x[_spatial(slice(max(-b, 0), x.shape[2 + i] - max(-e, 0)) for i, (b, e) in enumerate(zip(begin, end)))]
+    x = np.pad(x, [(0, 0)] + [(max(b, 0), max(e, 0)) for b, e in zip(begin, end)] + [(0, 0)])
+    x = x[_spatial(slice(max(-b, 0), x.shape[1 + i] - max(-e, 0)) for i, (b, e) in enumerate(zip(begin, end)))]
     spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    windows = sliding_window_view(x, spans, axis=tuple(range(2, 2 + n)))
-    steps = [slice(None, None, s) for s in strides] + [slice(None, None, d) for d in dilations]
-    windows = windows[_spatial(steps)]
-    out = windows.shape[2:2 + n]
-    windows = windows.reshape(batch, groups, channels // groups, *out, *kernel)
-    order = (1, 0, *range(3, 3 + n), 2, *range(3 + n, 3 + 2 * n))
+    windows = sliding_window_view(x, spans, axis=tuple(range(1, 1 + n)))  # (batch, *out, channels, *spans)
+    steps = [slice(None, None, s) for s in strides] + [slice(None)] + [slice(None, None, d) for d in dilations]
+    windows = windows[tuple([slice(None)] + steps)]
+    out = windows.shape[1:1 + n]
+    windows = windows.reshape(batch, *out, groups, channels // groups, *kernel)
+    order = (1 + n, 0, *range(1, 1 + n), 2 + n, *range(3 + n, 3 + 2 * n))
     return windows.transpose(order).reshape(groups, batch * math.prod(out), (channels // groups) * math.prod(kernel))
 
 
@@ -86,11 +91,11 @@ def _rows(y: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 @impl("xbar.unfold")
 def unfold(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
-    x = np.asarray(args[0], np.float64)
-    rows = UNFOLDERS[op.attr("kind")](op, x)
+    """A gather (and zero padding): exact in float32."""
+    rows = UNFOLDERS[op.attr("kind")](op, np.asarray(args[0], np.float32))
     if rows.shape != op.result.type.shape:
         raise ValueError(f"{op.name} at {op.loc!r}: unfolded to {rows.shape}, declared {op.result.type}")
-    return [rows.astype(np.float32)]
+    return [np.ascontiguousarray(rows)]
 
 
 @impl("xbar.mvm")
@@ -107,22 +112,26 @@ def mvm(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
 @impl("xbar.accumulate")
 def accumulate(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
     """Σ scales[i] · part[i], then per-column weight scales if the layer has them."""
-    total = np.zeros(op.result.type.shape, np.float64)
-    for scale, part in zip(op.attr("scales"), args):
-        total += scale * np.asarray(part, np.float64)
+    total = np.empty(op.result.type.shape, np.float32)
+    term = np.empty_like(total) if len(args) > 1 else total
+    for i, (scale, part) in enumerate(zip(op.attr("scales"), args)):
+        np.multiply(np.asarray(part, np.float32), np.float32(scale), out=total if i == 0 else term)
+        if i > 0:
+            total += term
     column_scales = op.attr("column_scales")
     if column_scales is not None:
-        total *= np.asarray(column_scales, np.float64)
-    return [total.astype(np.float32)]
+        total *= np.asarray(column_scales, np.float32)
+    return [total]
 
 
 @impl("xbar.assemble")
 def assemble(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
     """Column blocks side by side within a group, groups side by side, plus bias, in the nn layout."""
     blocks = int(op.attr("groups")) * int(op.attr("col_splits"))
-    y = np.concatenate([np.asarray(a, np.float64) for a in args[:blocks]], axis=1)
+    parts = [np.asarray(a, np.float32) for a in args[:blocks]]
+    y = parts[0] if blocks == 1 else np.concatenate(parts, axis=1)
     bias = args[blocks] if len(args) > blocks else None
     if bias is not None:
-        y = y + float(op.attr("bias_scale")) * np.asarray(bias, np.float64)
+        y = y + np.float32(op.attr("bias_scale")) * np.asarray(bias, np.float32)
     shape = op.result.type.shape
-    return [LAYOUTS[op.attr("kind")](y, shape).astype(result_dtype(op))]
+    return [LAYOUTS[op.attr("kind")](y, shape).astype(result_dtype(op), copy=False)]
