@@ -81,6 +81,22 @@ def test_ideal_equals_the_digital_reference(sample: str, target: str) -> None:
         assert rel_err(got[name], value) <= 1e-5
 
 
+@pytest.mark.parametrize("target", ["pcm", "crossbar"])
+def test_ideal_ignores_the_calibration_fitted_to_the_non_ideal_chip(target: str) -> None:
+    """``--ideal`` checks the mapping: per-column corrections and drift compensation learned on the
+    noisy chip are left out, so a calibrated module gives exactly what the uncalibrated one gives."""
+    module = load_module(sample_path("cnn_digits"), sample_shapes("cnn_digits", BATCH))
+    with np.load(sample_path("cnn_digits").with_name("cnn_digits_calibration.npz"), allow_pickle=False) as data:
+        calibration = {"input": data["input"][:32]}
+    compile_module(module, load_target(target), PIPELINE + ",calibrate", calibration_data=calibration)
+    assert any(op.name == "xbar.calibrate" for op in module.ops)
+    inputs = sample_inputs("cnn_digits", BATCH)
+    got = AnalogSimulator(module, load_target(target), SimOptions(ideal=True)).run(inputs)
+    want = AnalogSimulator(compiled("cnn_digits", target), load_target(target), SimOptions(ideal=True)).run(inputs)
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value)
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_switch_off_is_the_ideal_limit(target: str) -> None:
     """Turning each non-ideality off one by one reaches the ideal result: the switches cover everything."""

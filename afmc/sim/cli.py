@@ -42,7 +42,8 @@ def is_bundle(path: Path) -> bool:
                    "is the one its calibrate pass measured; 0 for a MODEL).")
 @click.option("--samples", type=click.IntRange(1), default=1, show_default=True,
               help="Programming instances (Monte-Carlo); metrics are reported as mean ± std.")
-@click.option("--ideal", is_flag=True, help="Exact arrays, no converters, no noise (checks the mapping).")
+@click.option("--ideal", is_flag=True,
+              help="Exact arrays, no converters, no noise, no calibration corrections (checks the mapping).")
 @click.option("--disable", "disabled", multiple=True, type=click.Choice(NON_IDEALITIES), metavar="NAME",
               help=f"Switch one non-ideality off (repeatable): {', '.join(NON_IDEALITIES)}.")
 @click.option("--out-noise", type=click.FloatRange(0), default=None,
