@@ -398,6 +398,54 @@ def test_a_failed_rename_puts_the_old_bundle_back(tmp_path: Path, monkeypatch: p
     assert (old / "x").read_text() == "old" and leftovers(tmp_path) == [".b.staging"]
 
 
+def test_the_report_is_committed_with_the_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = str(sample_path("mlp_digits"))
+    out, report = tmp_path / "b", tmp_path / "sub" / "r.json"
+    code, _, err = run_main(["compile", model, *MLP, "--target", "pcm", "-o", str(out), "--report", str(report)], capsys)
+    assert code == 0, err
+    assert report.read_bytes() == (out / "report.json").read_bytes()
+    assert leftovers(tmp_path) == [] and leftovers(report.parent) == []
+    for inside in (out / "r.json", out):
+        code, _, err = run_main(["compile", model, *MLP, "--target", "pcm", "-o", str(out), "--force",
+                                 "--report", str(inside)], capsys)
+        one_error_line(code, err, "is inside the bundle" if inside != out else "is a directory")
+    assert report.read_bytes() == (out / "report.json").read_bytes()
+
+
+@pytest.mark.parametrize("failure", [OSError(5, "Input/output error"), KeyboardInterrupt()], ids=["error", "interrupt"])
+@pytest.mark.parametrize("existing", [False, True], ids=["fresh", "replacing"])
+def test_a_failed_report_commit_takes_the_bundle_back(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch, failure: BaseException,
+                                                      existing: bool) -> None:
+    """The report's rename fails (or is interrupted) after the bundle's succeeded: the new bundle
+    is taken back and any old bundle and report restored; never one without the other."""
+    model = str(sample_path("mlp_digits"))
+    out, report = tmp_path / "b", tmp_path / "r.json"
+    args = ["compile", model, *MLP, "--target", "pcm", "-o", str(out), "--report", str(report)]
+    before = None
+    if existing:
+        assert run_main([*args, "--seed", "1"], capsys)[0] == 0
+        before = (tree_digest(out), report.read_bytes())
+        args.append("--force")
+    real = os.replace
+
+    def fail_on_report(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
+        if Path(dst) == report and Path(src).name.startswith(".r.json."):
+            raise failure
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_on_report)
+    code, _, err = run_main(args, capsys)
+    assert code == (130 if isinstance(failure, KeyboardInterrupt) else 1), err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("afmc: error:"), err
+    if before is None:
+        assert not out.exists() and not report.exists()
+    else:
+        assert (tree_digest(out), report.read_bytes()) == before
+    assert leftovers(tmp_path) == []
+
+
 def test_an_interrupted_text_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "r.json"
     path.write_text("old\n")
