@@ -5,7 +5,9 @@ Byte-identical for the same inputs and seed (sorted keys where order is not mean
 timestamps, UTF-8 text, no pickles), and atomic: everything is written to a temporary sibling
 directory (``.NAME.XXXXXXXX``) that is renamed into place, so a failure or an interrupt (SIGINT,
 SIGTERM: see ``diagnostics.signals_deferred``) never leaves a half bundle or a staging directory,
-and an existing bundle replaced with ``force`` is swapped in one step, never lost.
+and an existing bundle replaced with ``force`` is swapped in one step, never lost. A report written
+beside the bundle (``afmc compile --report F``) is staged too and committed with it: both land or
+neither does (`_commit`).
 
 Test hook: ``AFMC_TEST_WRITE_DELAY=SECONDS`` sleeps that long after each file written to the
 staging directory, so that tests can interrupt ``afmc compile`` in the middle of a bundle write.
@@ -22,7 +24,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +138,10 @@ def write_bundle(
     extra: dict[str, Any],
     inputs: Mapping[str, np.ndarray] | None = None,
     force: bool = False,
+    report_path: Path | None = None,
 ) -> None:
-    """Write the bundle for a compiled module to ``path`` (a directory), atomically."""
+    """Write the bundle for a compiled module to ``path`` (a directory), atomically; with
+    ``report_path``, also the report there, committed in the same step (both or neither)."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         if not force:
@@ -145,8 +149,11 @@ def write_bundle(
         if not replaceable_bundle(path):
             raise UsageError(f"{path} is not an afmc bundle (a directory with manifest.json); "
                              "--force replaces only bundles and empty directories")
+    if report_path is not None:
+        _check_report_path(Path(report_path), path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging: Path | None = None
+    staged_report: Path | None = None
     try:
         with signals_deferred():  # a signal cannot fall between creating it and knowing its name
             staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -170,16 +177,49 @@ def write_bundle(
         manifest = build_manifest(module, target, report, extra)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_plain) + "\n", encoding="utf-8")
         _test_delay()
-        (staging / "report.json").write_text(to_json(report), encoding="utf-8")
+        report_text = to_json(report)
+        (staging / "report.json").write_text(report_text, encoding="utf-8")
         _test_delay()
-        with signals_deferred():  # the bundle is committed, or not: never a signal in between
-            _swap_into_place(staging, path)
-            staging = None
-    except BaseException:
-        if staging is not None:
+        moves = [(staging, path)]
+        if report_path is not None:
+            report_path = Path(report_path)
+            report_path.parent.mkdir(parents=True, exist_ok=True)
             with signals_deferred():
+                fd, name = tempfile.mkstemp(prefix=f".{report_path.name}.", dir=report_path.parent)
+                staged_report = Path(name)
+            _write_plain_file(fd, report_text)
+            _test_delay()
+            moves.append((staged_report, report_path))
+        with signals_deferred():  # the outputs are committed, or not: never a signal in between
+            _commit(moves)
+            staging = staged_report = None
+    except BaseException:
+        with signals_deferred():
+            if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
+            if staged_report is not None:
+                staged_report.unlink(missing_ok=True)
         raise
+
+
+def _check_report_path(report_path: Path, bundle: Path, force: bool) -> None:
+    """A report may replace (with ``force``) only a regular file, and never sit in the bundle."""
+    if report_path.exists() and not force:
+        raise UsageError(f"{report_path} exists; pass --force to overwrite it")
+    if report_path.exists() and not report_path.is_file():  # a device (/dev/null), a FIFO, a directory
+        raise UsageError(f"{report_path} is not a regular file; --force replaces only files")
+    where, home = report_path.resolve(), bundle.resolve()
+    if where == home or home in where.parents:
+        raise UsageError(f"--report {report_path} is inside the bundle {bundle}, which holds report.json itself")
+
+
+def _write_plain_file(fd: int, text: str) -> None:
+    """Write ``text`` to the open ``fd`` (from mkstemp) with the umask's permissions, not mkstemp's 0600."""
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.fchmod(handle.fileno(), 0o666 & ~umask)
 
 
 def replaceable_bundle(path: Path) -> bool:
@@ -198,20 +238,45 @@ def _test_delay() -> None:
 
 
 def _swap_into_place(staging: Path, path: Path) -> None:
-    """Rename ``staging`` to ``path``; an existing ``path`` (with --force) is moved aside first and
-    put back if the rename fails, then removed. Callers hold signals (``signals_deferred``)."""
-    if not path.exists() and not path.is_symlink():
-        os.replace(staging, path)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+    """Rename ``staging`` to ``path`` (`_commit` of one output)."""
+    _commit([(staging, path)])
+
+
+def _commit(moves: Sequence[tuple[Path, Path]]) -> None:
+    """Rename each staged path to its destination, all or none: an existing destination (with
+    --force) is moved aside first; if any step fails, the new outputs go back to their staging
+    names and the old ones are restored, so the caller's cleanup leaves what was there before.
+    The old outputs are removed only once every rename succeeded. Callers hold signals
+    (``signals_deferred``), so an interrupt cannot split the bundle from its report."""
+    asides: list[Path] = []
+    done: list[tuple[Path, Path, Path | None, bool]] = []  # (staged, destination, old copy, renamed)
     try:
-        os.replace(path, aside / "old")
-        try:
-            os.replace(staging, path)
-        except BaseException:
-            os.replace(aside / "old", path)
-            raise
-    finally:
+        for staged, dest in moves:
+            old: Path | None = None
+            if dest.exists() or dest.is_symlink():
+                aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+                asides.append(aside)
+                old = aside / "old"
+                os.replace(dest, old)
+            done.append((staged, dest, old, False))
+            os.replace(staged, dest)
+            done[-1] = (staged, dest, old, True)
+    except BaseException:
+        kept: set[Path] = set()
+        for staged, dest, old, renamed in reversed(done):
+            try:
+                if renamed:
+                    os.replace(dest, staged)
+                if old is not None:
+                    os.replace(old, dest)
+            except OSError:  # cannot happen short of a vanished folder; then keep the old copy
+                if old is not None:
+                    kept.add(old.parent)
+        for aside in asides:
+            if aside not in kept:
+                shutil.rmtree(aside, ignore_errors=True)
+        raise
+    for aside in asides:
         shutil.rmtree(aside, ignore_errors=True)
 
 

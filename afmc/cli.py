@@ -125,7 +125,6 @@ def compile_command(
         pipeline_for,
         raise_if_does_not_fit,
     )
-    from .report import to_json
 
     shapes = parse_input_shapes(input_shape)
     spec = load_target(target)
@@ -159,9 +158,7 @@ def compile_command(
     if "calibration" in result.context.report:
         extra["calibration"] = {"data": None if data_path is None else data_path.name,
                                 **result.context.report["calibration"]}
-    write_bundle(output, result.module, spec, report, extra, inputs=sample, force=force)
-    if report_path is not None:
-        write_text_atomically(report_path, to_json(report), force)
+    write_bundle(output, result.module, spec, report, extra, inputs=sample, force=force, report_path=report_path)
     tiles = report["tiles"]
     calibrated = f", calibrated on {data_path.name}" if data_path is not None else ""
     click.echo(f"afmc: wrote {output} ({tiles['required']} of {tiles['available']} arrays, "

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import AfmcError, DoesNotFit, FrontendError
+from .errors import AfmcError, DoesNotFit
 from .ir.core import Module
-from .ir.parser import parse_module
+from .ir.parser import parse_file
 from .ir.verify import verify
 from .pipeline import Instrumentation, Pass, PassContext, parse_pipeline, run_passes
 
@@ -22,11 +22,7 @@ def load_module(path: str | Path, input_shapes: Mapping[str, tuple[int, ...]] | 
     """An ONNX model (imported) or an IR text file (``.mlir``: parsed and verified)."""
     path = Path(path)
     if path.suffix == ".mlir":
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise FrontendError(f"cannot read IR file: {exc.strerror if isinstance(exc, OSError) else exc}", file=str(path)) from None
-        module = parse_module(text, file=str(path))
+        module = parse_file(path)  # size-limited, regular files only, UTF-8: errors name the file
         try:
             verify(module)
         except AfmcError as exc:

@@ -70,8 +70,14 @@ Solvers
 
 Determinism: all randomness comes from ``numpy.random.default_rng(seed)``; CP-SAT runs with one
 worker, ``random_seed`` and a deterministic time limit; annealing budgets are deterministic work
-units (``WORK_PER_SECOND`` ≈ one second on the reference machine). A wall-clock cap of
-``3 × time_limit + 5`` s only stops a run that is far slower than expected (and is then reported).
+units (``WORK_PER_SECOND`` ≈ one second on the reference machine). `solve` also has a hard
+wall-clock budget (`wall_budget`: ``3 × time_limit + 2`` s by default) for the whole call; it
+only stops a run that is far slower than expected, and says so (``Placement.wall_capped``).
+
+Scale: everything before the searches costs O(tiles + mesh side) or one vectorised pass over the
+cores, never a Python loop per core: the curves are built only as far as the tiles need (a
+million-core chip with a few thousand tiles builds a few thousand cells of each curve), and
+the annealer's per-move bookkeeping is O(batch).
 """
 
 from __future__ import annotations
@@ -112,6 +118,16 @@ CPSAT_BASE = 0.2
 CPSAT_PER_TILE = 0.005
 #: Fixed work units per annealing batch (the numpy call overhead, ~0.25 ms).
 BATCH_OVERHEAD = 3000.0
+#: The wall-clock budget of a search given ``t`` deterministic seconds is WALL_FACTOR·t + WALL_SLACK:
+#: room for a loaded machine several times slower than the reference one (CP-SAT's deterministic
+#: time runs about 3× behind the wall clock on two shared cores), yet a hard end on any chip.
+WALL_FACTOR = 3.0
+WALL_SLACK = 2.0
+
+
+def wall_budget(time_limit: float) -> float:
+    """Wall seconds a search with ``time_limit`` deterministic seconds may take at most."""
+    return WALL_FACTOR * time_limit + WALL_SLACK
 
 
 # -- the problem -------------------------------------------------------------------------------
@@ -361,10 +377,19 @@ def io_weights(problem: PlacementProblem) -> np.ndarray:
     return np.bincount(tiles, w[to_io], minlength=problem.n_tiles)
 
 
-def slot_distances_to_io(problem: PlacementProblem) -> np.ndarray:
-    """Hop distance from IO of every slot, ascending."""
+def slot_distances_to_io(problem: PlacementProblem, count: int | None = None) -> np.ndarray:
+    """Hop distance from IO of the ``count`` nearest slots (all when None), ascending; selected
+    in O(cores) before sorting, so a huge chip costs little when few tiles talk to IO."""
     d = np.abs(problem.cores[:, 0] - problem.io[0]) + np.abs(problem.cores[:, 1] - problem.io[1])
-    return np.sort(np.repeat(d, problem.slots))
+    c = int(d.size)
+    if count is not None:
+        cores_needed = min(c, -(-max(count, 0) // problem.slots))
+        if 0 < cores_needed < c:
+            d = np.partition(d, cores_needed - 1)[:cores_needed]
+        elif cores_needed == 0:
+            d = d[:0]
+    out = np.sort(np.repeat(d, problem.slots))
+    return out if count is None else out[:count]
 
 
 def path_cover(n: int, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> list[tuple[list[int], list[float]]]:
@@ -432,7 +457,7 @@ def lower_bound(problem: PlacementProblem) -> LowerBound:
     n, k = problem.n_tiles, problem.slots
     wio = io_weights(problem)
     wio = np.sort(wio[wio > 0])[::-1]
-    io_part = float(np.dot(wio, slot_distances_to_io(problem)[: wio.size]))
+    io_part = float(np.dot(wio, slot_distances_to_io(problem, wio.size)))
 
     u, v, w = _merged_tile_edges(problem)
     sparse = 0.0
@@ -460,22 +485,30 @@ def lower_bound(problem: PlacementProblem) -> LowerBound:
 # -- constructive placement ----------------------------------------------------------------------
 
 
-def serpentine(w: int, h: int) -> np.ndarray:
-    """Boustrophedon order of a w × h grid: rows bottom-up, alternating direction."""
-    xs = np.tile(np.arange(w), h).reshape(h, w)
+def serpentine(w: int, h: int, limit: int | None = None) -> np.ndarray:
+    """Boustrophedon order of a w × h grid: rows bottom-up, alternating direction; only the first
+    ``limit`` cells when given (a huge chip's curve is never built whole for a few tiles)."""
+    rows = h if limit is None else min(h, -(-max(limit, 0) // max(w, 1)))
+    xs = np.tile(np.arange(w), rows).reshape(rows, w)
     xs[1::2] = xs[1::2, ::-1]
-    return np.stack([xs.reshape(-1), np.repeat(np.arange(h), w)], axis=1)
+    out = np.stack([xs.reshape(-1), np.repeat(np.arange(rows), w)], axis=1)
+    return out if limit is None else out[:limit]
 
 
-def hilbert(w: int, h: int) -> np.ndarray:
+def hilbert(w: int, h: int, limit: int | None = None) -> np.ndarray:
     """Generalised Hilbert ("gilbert", after J. Červený) order of any w × h grid: neighbours in the
-    order are adjacent (one diagonal step at most, on odd sizes), and every prefix is compact."""
+    order are adjacent (one diagonal step at most, on odd sizes), and every prefix is compact.
+    With ``limit``, only the first ``limit`` cells: the recursion stops once they are out, so the
+    cost follows the tiles, not the chip."""
     out: list[tuple[int, int]] = []
+    stop = w * h if limit is None else max(limit, 0)
 
     def sgn(a: int) -> int:
         return (a > 0) - (a < 0)
 
     def rec(x: int, y: int, ax: int, ay: int, bx: int, by: int) -> None:
+        if len(out) >= stop:
+            return
         width, height = abs(ax + ay), abs(bx + by)
         dax, day, dbx, dby = sgn(ax), sgn(ay), sgn(bx), sgn(by)
         if height == 1:
@@ -502,30 +535,39 @@ def hilbert(w: int, h: int) -> np.ndarray:
         rec(0, 0, w, 0, 0, h)
     else:
         rec(0, 0, 0, h, w, 0)
-    return np.array(out, np.int64).reshape(-1, 2)
+    return np.array(out[:stop], np.int64).reshape(-1, 2)
 
 
-def ring(w: int, h: int, cells: int) -> np.ndarray:
+def ring(w: int, h: int, cells: int, limit: int | None = None) -> np.ndarray:
     """A Hamiltonian cycle through (0, 0) over at least ``cells`` cells of a w × h grid (when the
-    grid allows; even sizes only), followed by the remaining cells in serpentine order.
+    grid allows; even sizes only), followed by the remaining cells in serpentine order; only the
+    first ``limit`` cells when given.
 
     The cycle climbs column 0, snakes down/up columns 1..c over rows 1..h−1 (c odd), optionally
     adds a U-turn of height t in columns c+1, c+2, and returns along row 0: h·(c+1) cells, or
-    h·(c+1) + 2t + 2 with the U-turn. A chain laid along it ends next to where it started.
+    h·(c+1) + 2t + 2 with the U-turn. A chain laid along it ends next to where it started. The
+    smallest such cycle of at least ``cells`` cells (else the largest) is found in O(w), one
+    closed-form U-turn height per c.
     """
     if w < 2 or h < 2:
-        return serpentine(w, h)
+        return serpentine(w, h, limit)
     best: tuple[int, int, int] | None = None  # (size, c, t)
     largest: tuple[int, int, int] | None = None
     for c in range(1, w, 2):
-        options = [(h * (c + 1), c, 0)]
-        if c + 3 <= w:
-            options += [(h * (c + 1) + 2 * t + 2, c, t) for t in range(1, h)]
-        for option in options:
-            if largest is None or option[0] > largest[0]:
-                largest = option
-            if option[0] >= cells and (best is None or option[0] < best[0]):
-                best = option
+        plain = h * (c + 1)
+        turns = c + 3 <= w
+        big = (plain + 2 * (h - 1) + 2, c, h - 1) if turns and h > 1 else (plain, c, 0)
+        if largest is None or big[0] > largest[0]:
+            largest = big
+        option: tuple[int, int, int] | None = None
+        if plain >= cells:
+            option = (plain, c, 0)
+        elif turns:
+            t = max(1, -(-(cells - plain - 2) // 2))
+            if t <= h - 1:
+                option = (plain + 2 * t + 2, c, t)
+        if option is not None and (best is None or option[0] < best[0]):
+            best = option
     _, c, t = best or largest  # type: ignore[misc]
     seq = [(0, y) for y in range(h)]
     for col in range(1, c + 1):
@@ -536,24 +578,31 @@ def ring(w: int, h: int, cells: int) -> np.ndarray:
         seq += [(c + 1, y) for y in range(1, t + 1)] + [(c + 2, y) for y in range(t, 0, -1)]
         last = c + 2
     seq += [(x, 0) for x in range(last, 0, -1)]
-    used = np.zeros((w, h), bool)
     cycle = np.array(seq, np.int64)
+    if limit is not None and limit <= cycle.shape[0]:
+        return cycle[:limit]
+    # the serpentine prefix holds at most len(cycle) cycle cells, so it leaves enough others
+    rest = serpentine(w, h, None if limit is None else limit + cycle.shape[0])
+    used = np.zeros((w, h), bool)
     used[cycle[:, 0], cycle[:, 1]] = True
-    rest = serpentine(w, h)
     rest = rest[~used[rest[:, 0], rest[:, 1]]]
-    return np.concatenate([cycle, rest])
+    out = np.concatenate([cycle, rest])
+    return out if limit is None else out[:limit]
 
 
 def _symmetries(problem: PlacementProblem, curve: str, cells: int) -> list[tuple[str, np.ndarray]]:
-    """The curve in the mesh's eight symmetries (transpose × flip x × flip y)."""
+    """The curve in the mesh's eight symmetries (transpose × flip x × flip y), each cut to the
+    shortest prefix sure to pass ``cells`` usable cores (``cells`` plus every dead position), so
+    that a chip of a million cores costs no more than the cores the tiles need."""
     w, h = problem.mesh
+    limit = min(w * h, cells + w * h - int(problem.cores.shape[0]))
 
     def make(a: int, b: int) -> np.ndarray:
         if curve == "serpentine":
-            return serpentine(a, b)
+            return serpentine(a, b, limit)
         if curve == "hilbert":
-            return hilbert(a, b)
-        return ring(a, b, cells)
+            return hilbert(a, b, limit)
+        return ring(a, b, cells, limit)
 
     out = []
     for transpose in (False, True):
@@ -733,9 +782,15 @@ def anneal(
     check_every = max(1, total_batches // 40)
     temperature = initial_temperature
     cooling = 1e-3 ** (1.0 / total_batches)
-    wall_cap = wall_cap if wall_cap is not None else 3 * budget + 5
+    wall_cap = wall_cap if wall_cap is not None else wall_budget(budget)
 
     for it in range(total_batches):
+        if time.perf_counter() - wall_start > wall_cap:  # a safety net: the work budget ends runs first
+            stats.wall_capped = True
+            value = objective(problem, slot)
+            if value < best_value:
+                best_value, best_slot = value, slot.copy()
+            break
         # -- propose ---------------------------------------------------------------------------
         u = rng.integers(0, n, batch)
         ri = max(1, round(r))
@@ -753,8 +808,8 @@ def anneal(
         # one proposal per tile and per target slot
         involved = np.concatenate([u, v[v >= 0]])
         count = np.bincount(involved, minlength=n)
-        slot_count = np.bincount(q_slot, minlength=problem.capacity)
-        ok = (count[u] == 1) & ((v < 0) | (count[np.maximum(v, 0)] == 1)) & (slot_count[q_slot] == 1)
+        _, slot_index, slot_count = np.unique(q_slot, return_inverse=True, return_counts=True)  # O(batch), not O(chip)
+        ok = (count[u] == 1) & ((v < 0) | (count[np.maximum(v, 0)] == 1)) & (slot_count[slot_index] == 1)
         u, v, p_slot, q_slot = u[ok], v[ok], p_slot[ok], q_slot[ok]
         b = u.size
         stats.batches += 1
@@ -840,9 +895,6 @@ def anneal(
             value = objective(problem, slot)
             if value < best_value:
                 best_value, best_slot = value, slot.copy()
-            if time.perf_counter() - wall_start > wall_cap:
-                stats.wall_capped = True
-                break
     return best_slot, stats
 
 
@@ -856,6 +908,7 @@ class CpsatResult:
     bound: float | None
     seconds: float
     exact: bool
+    wall_capped: bool = False
 
 
 def cpsat(
@@ -869,16 +922,23 @@ def cpsat(
     expand_limit: int = CPSAT_EXPAND_LIMIT,
     wall_cap: float | None = None,
 ) -> CpsatResult:
-    """CP-SAT on the placement model (module docstring), hinted with the complete ``hint``."""
+    """CP-SAT on the placement model (module docstring), hinted with the complete ``hint``.
+
+    ``time_limit`` is deterministic time (the result does not depend on the machine's speed);
+    ``wall_cap`` (default `wall_budget`) bounds the wall clock, model building included."""
     from ortools.sat.python import cp_model
+
+    wall_start = time.perf_counter()
 
     n, k = problem.n_tiles, problem.slots
     w_mesh, h_mesh = problem.mesh
     hint = np.asarray(hint, np.int64)
     hx_all, hy_all = tile_xy(problem, hint)
     model = cp_model.CpModel()
-    live = (problem.cores[:, 1] * w_mesh + problem.cores[:, 0]).tolist()
-    domain = cp_model.Domain.from_values(sorted(live))
+    live = np.sort(problem.cores[:, 1] * w_mesh + problem.cores[:, 0])
+    breaks = np.flatnonzero(np.diff(live) != 1)  # runs of consecutive cells: a million cores, few intervals
+    lows, highs = live[np.concatenate([[0], breaks + 1])], live[np.concatenate([breaks, [live.size - 1]])]
+    domain = cp_model.Domain.from_intervals(np.stack([lows, highs], axis=1).tolist())
     xs, ys, cells = [], [], []
     for t in range(n):
         x = model.new_int_var(0, w_mesh - 1, f"x{t}")
@@ -976,7 +1036,7 @@ def cpsat(
         for i in range(len(steps) - k + 1):
             model.add(sum(steps[i : i + k]) >= 1)
     if io_vars:
-        need = int(slot_distances_to_io(problem)[: len(io_vars)].sum())
+        need = int(slot_distances_to_io(problem, len(io_vars)).sum())
         if need > 0:
             model.add(sum(dx + dy for dx, dy in io_vars) >= need)
 
@@ -984,12 +1044,16 @@ def cpsat(
     solver.parameters.num_workers = max(1, workers)
     solver.parameters.random_seed = seed
     solver.parameters.catch_sigint_signal = False  # Ctrl-C must reach afmc so staging output is cleaned up
-    solver.parameters.max_deterministic_time = max(time_limit, 0.01)
-    solver.parameters.max_time_in_seconds = wall_cap if wall_cap is not None else 3 * time_limit + 5
+    det_limit = max(time_limit, 0.01)
+    solver.parameters.max_deterministic_time = det_limit
+    cap = wall_cap if wall_cap is not None else wall_budget(time_limit)
+    solver.parameters.max_time_in_seconds = max(cap - (time.perf_counter() - wall_start), 0.01)
     status = solver.solve(model)
     det = float(solver.response_proto.deterministic_time)
+    # stopped neither by a proof nor by the deterministic limit: the wall clock ran out first
+    capped = status not in (cp_model.OPTIMAL, cp_model.INFEASIBLE) and det < 0.999 * det_limit
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return CpsatResult(hint.copy(), "unknown", None, det, exact)
+        return CpsatResult(hint.copy(), "unknown", None, det, exact, capped)
     grid = problem.core_grid()
     assignment = np.empty(n, np.int64)
     for t in range(n):
@@ -1001,7 +1065,7 @@ def cpsat(
     elif exact:
         proven = 0.0
     name = "optimal" if status == cp_model.OPTIMAL and exact and integral else "feasible"
-    return CpsatResult(assignment, name, proven, det, exact)
+    return CpsatResult(assignment, name, proven, det, exact, capped)
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> int:
@@ -1039,6 +1103,7 @@ class Placement:
     wall_seconds: float
     baseline: float  # objective of the constructive placement
     curve: str = ""
+    wall_capped: bool = False  # the wall-clock budget, not the deterministic one, ended a search
 
     @property
     def gap(self) -> float:
@@ -1057,11 +1122,22 @@ def solve(
     time_limit: float = 10.0,
     workers: int = 1,
     seed: int = 0,
+    wall_limit: float | None = None,
 ) -> Placement:
-    """Place ``problem`` with ``solver`` (``auto`` picks by size; see the module docstring)."""
+    """Place ``problem`` with ``solver`` (``auto`` picks by size; see the module docstring).
+
+    ``time_limit`` is deterministic seconds; ``wall_limit`` (default `wall_budget`) is a hard
+    wall-clock budget for the whole call: the searches get what the constructive placement and
+    the lower bound left of it, and stop (with ``wall_capped`` set) when it runs out."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
     wall = time.perf_counter()
+    deadline = wall + (wall_limit if wall_limit is not None else wall_budget(time_limit))
+
+    def left() -> float:
+        return max(deadline - time.perf_counter(), 0.0)
+
+    capped = False
     _require_fit(problem)
     base, curve = constructive(problem)
     baseline = objective(problem, base)
@@ -1081,21 +1157,23 @@ def solve(
         else:
             chosen = "hierarchical"
     assignment, det, status = base, 0.0, "feasible"
-    cap = 3 * time_limit + 5
     if chosen in ("anneal", "anneal+cpsat"):
         share = time_limit / 2 if chosen == "anneal+cpsat" else time_limit
-        assignment, stats = anneal(problem, base, budget=share, seed=seed, wall_cap=cap)
+        assignment, stats = anneal(problem, base, budget=share, seed=seed, wall_cap=left())
         det += stats.seconds
+        capped |= stats.wall_capped
     elif chosen == "hierarchical":
-        assignment, stats = hierarchical(problem, base, budget=time_limit, seed=seed, wall_cap=cap)
+        assignment, stats = hierarchical(problem, base, budget=time_limit, seed=seed, wall_cap=left())
         det += stats.seconds
-    if chosen in ("cpsat", "anneal+cpsat"):
+        capped |= stats.wall_capped
+    if chosen in ("cpsat", "anneal+cpsat") and not capped:
         remaining = max(time_limit - det, 0.1)
         if solver == "auto":
             remaining = min(remaining, CPSAT_BASE + CPSAT_PER_TILE * n)
         result = cpsat(problem, assignment, time_limit=remaining, workers=workers, seed=seed, bound=bound,
-                       wall_cap=cap)
+                       wall_cap=left())
         det += result.seconds
+        capped |= result.wall_capped
         if objective(problem, result.assignment) <= objective(problem, assignment):
             assignment = result.assignment
         if result.bound is not None:
@@ -1107,7 +1185,8 @@ def solve(
     if value <= bound * (1 + 1e-9) + 1e-12:
         status = "optimal"
     check_assignment(problem, assignment)
-    return Placement(assignment, value, bound, chosen, status, det, time.perf_counter() - wall, baseline, curve)
+    return Placement(assignment, value, bound, chosen, status, det, time.perf_counter() - wall, baseline, curve,
+                     capped)
 
 
 def _cpsat_pairs(problem: PlacementProblem) -> int:
@@ -1124,5 +1203,5 @@ def _cpsat_pairs(problem: PlacementProblem) -> int:
 __all__ = [
     "IO", "SOLVERS", "DenseGroup", "LayerTraffic", "LowerBound", "Placement", "PlacementProblem", "anneal",
     "check_assignment", "constructive", "cpsat", "hierarchical", "lower_bound", "objective",
-    "problem_from_layers", "solve", "tile_xy",
+    "problem_from_layers", "solve", "tile_xy", "wall_budget",
 ]

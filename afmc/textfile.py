@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import BinaryIO
 
 from .errors import AfmcError
 
@@ -25,16 +26,32 @@ def read_text_file(
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below
         fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        with os.fdopen(fd, "rb", buffering=0) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
                 raise error(f"cannot read {what}: not a regular file", file=source)
-            data = handle.read(limit + 1)
+            # a file that says it is too large is refused unread; one that grows is cut at limit + 1
+            data = b"" if info.st_size > limit else _read_at_most(handle, limit + 1)
     except (OSError, ValueError) as exc:  # ValueError: a NUL character in the path
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise error(f"cannot read {what}: {why}", file=source) from None
-    if len(data) > limit:
+    if max(info.st_size, len(data)) > limit:
         raise error(too_large, file=source)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(f"cannot read {what}: not UTF-8 text ({exc.reason} at byte {exc.start})", file=source) from None
+
+
+def _read_at_most(handle: BinaryIO, count: int, chunk: int = 1 << 24) -> bytes:
+    """Up to ``count`` bytes, read in chunks: ``read(count)`` would reserve ``count`` bytes at once
+    (4 GiB for the default IR limit), which a process capped at 2 GiB cannot, however small the file."""
+    parts: list[bytes] = []
+    total = 0
+    while total < count:
+        part = handle.read(min(chunk, count - total))
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)

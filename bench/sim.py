@@ -175,7 +175,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     models: list[tuple[str, Path, dict[str, np.ndarray]]] = []
     for sample in ("mlp_digits", "cnn_digits", "transformer_digits"):
-        with np.load(ROOT / "samples" / f"{sample}_test.npz") as data:
+        with np.load(ROOT / "samples" / f"{sample}_test.npz", allow_pickle=False) as data:
             models.append((sample, ROOT / "samples" / f"{sample}.onnx", {"input": data["input"][:BATCH]}))
     with tempfile.TemporaryDirectory(prefix="afmc-bench-sim-") as tmp:
         if not args.skip_generated:

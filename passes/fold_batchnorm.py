@@ -2,6 +2,10 @@
 
 BN(y) = a·y + b per channel with a = scale/√(var+ε) and b = B − mean·a, so scaling the producer's
 output channels by a and adding b to its bias removes the BN without changing the function.
+
+Every inference-mode BN whose variance is a constant is checked first, folded or not: var + ε
+must be finite and > 0 on every channel, else √(var+ε) is NaN and the model computes NaN. Such a
+model is bad input (a `FrontendError`, exit 2, naming the node), never silent NaN weights.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from afmc.errors import FrontendError
 from afmc.ir.core import Module, Op
 from afmc.pipeline import Pass, PassContext, register_pass
 
@@ -113,6 +118,26 @@ def fold_into_matmul(module: Module, op: Op, a: np.ndarray, b: np.ndarray) -> li
     return [new_weight, new_bias, gemm]
 
 
+def check_variance(module: Module, bn: Op) -> None:
+    """Raise a FrontendError naming ``bn`` if its constant variance + epsilon is not finite and > 0."""
+    if bn.attr("training_mode", 0) != 0 or len(bn.operands) < 5 or bn.operands[4] is None:
+        return  # training mode normalises with the batch's own (non-negative) variance
+    var = module.constant_of(bn.operands[4])
+    if var is None:
+        return
+    eps = float(bn.attr("epsilon", 1e-5))
+    with np.errstate(all="ignore"):
+        total = np.asarray(var, np.float64).reshape(-1) + eps
+        bad = np.flatnonzero(~(np.isfinite(total) & (total > 0)))
+    if bad.size:
+        c = int(bad[0])
+        raise FrontendError(
+            f"BatchNormalization variance + epsilon must be finite and > 0: channel {c} has "
+            f"{float(np.asarray(var, np.float64).reshape(-1)[c]):g} + {eps:g} ({bad.size} of {total.size} channels bad)",
+            node=bn.loc or None,
+        )
+
+
 def _bn_affine(module: Module, bn: Op) -> tuple[np.ndarray, np.ndarray] | None:
     params = [module.constant_of(v) for v in bn.operands[1:5]]
     if any(p is None for p in params) or bn.attr("training_mode", 0) != 0 or len(bn.results) != 1:
@@ -130,6 +155,9 @@ class FoldBatchnorm(Pass):
     name: ClassVar[str] = "fold-batchnorm"
 
     def run(self, module: Module, ctx: PassContext) -> None:
+        for op in module.ops:
+            if op.name == "nn.batch_normalization":
+                check_variance(module, op)
         replaced: dict[int, list[Op]] = {}
         for bn in module.ops:
             if bn.name != "nn.batch_normalization" or bn.operands[0] is None:

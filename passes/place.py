@@ -18,12 +18,14 @@ says ``does_not_fit``): the fit report names the layers that do not fit and the 
 `DoesNotFit` from it. `afmc.placement.solve` itself raises `DoesNotFit` on such a problem.
 
 Options: ``solver`` (auto | constructive | cpsat | anneal | hierarchical), ``time-limit``
-(deterministic seconds), ``workers`` (CP-SAT threads; 1 keeps results byte-identical), ``seed``
-(added to the compile seed). The same inputs give the same placement, byte for byte.
+(deterministic seconds, default `TIME_LIMIT`; the pass also stops at the wall-clock budget
+`afmc.placement.wall_budget` of it, on any chip, and then warns), ``workers`` (CP-SAT threads;
+1 keeps results byte-identical), ``seed`` (added to the compile seed). The same inputs give the same placement, byte for byte.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,9 +34,23 @@ import numpy as np
 from afmc.errors import AfmcError
 from afmc.ir.core import Module, Op, Value
 from afmc.pipeline import Pass, PassContext, register_pass
-from afmc.placement import IO, SOLVERS, LayerTraffic, PlacementProblem, problem_from_layers, solve
+from afmc.placement import (
+    IO,
+    SOLVERS,
+    LayerTraffic,
+    PlacementProblem,
+    problem_from_layers,
+    solve,
+    wall_budget,
+)
+
+logger = logging.getLogger("afmc.place")
 
 REPORT_CORES_MAX = 256
+#: Default deterministic seconds for the searches: enough for the samples (they use under 0.8),
+#: and with `afmc.placement.wall_budget` the pass ends within 3·1 + 2 = 5 wall seconds on any
+#: chip, so a compile stays inside 10 s; ``place{time-limit=...}`` buys more search.
+TIME_LIMIT = 1.0
 #: Bytes per activation element on the network (8-bit activations and ADC outputs).
 BYTES_PER_ELEMENT = 1
 
@@ -143,9 +159,20 @@ def build_problem(module: Module, target: Any) -> tuple[PlacementProblem, list[_
             layer, np.array(in_bytes, np.float64), np.array(out_bytes, np.float64), np.array(blocks, np.int64),
             (src,), to_io,
         ))
-    cores = np.array(chip.core_positions, np.int64).reshape(-1, 2)
+    cores = core_array(chip)
     problem = problem_from_layers(traffic, (chip.mesh_x, chip.mesh_y), cores, chip.arrays_per_core, chip.io)
     return problem, tiles
+
+
+def core_array(chip: Any) -> np.ndarray:
+    """(cores, 2) positions of the working cores in ``chip.core_positions`` order (row by row),
+    built with numpy: a million-core chip takes milliseconds, not a Python loop per core."""
+    w, h = chip.mesh_x, chip.mesh_y
+    alive = np.ones(w * h, bool)
+    dead = np.array(chip.dead_cores, np.int64).reshape(-1, 2)
+    alive[dead[:, 1] * w + dead[:, 0]] = False
+    cell = np.flatnonzero(alive)
+    return np.stack([cell % w, cell // w], axis=1).astype(np.int64)
 
 
 @register_pass
@@ -155,7 +182,7 @@ class Place(Pass):
 
     name: ClassVar[str] = "place"
     solver: str = "auto"
-    time_limit: float = 10.0
+    time_limit: float = TIME_LIMIT
     workers: int = 1
     seed: int = 0
 
@@ -179,6 +206,12 @@ class Place(Pass):
             return
         result = solve(problem, self.solver, time_limit=self.time_limit, workers=self.workers,
                        seed=ctx.seed + self.seed)
+        if result.wall_capped:
+            logger.warning(
+                "place: the search hit its wall-clock budget (%.1f s for time-limit=%g) before its "
+                "deterministic one; this placement may differ from run to run", wall_budget(self.time_limit),
+                self.time_limit,
+            )
         k = problem.slots
         core = result.assignment // k
         xs = problem.cores[core, 0].tolist()
@@ -221,4 +254,4 @@ def _num(value: float) -> float:
     return float(round(value, 6))
 
 
-__all__ = ["Place", "build_problem"]
+__all__ = ["Place", "build_problem", "core_array"]

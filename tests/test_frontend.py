@@ -94,7 +94,7 @@ SAMPLES = sorted((ROOT / "samples").glob("*.onnx"))
 
 @pytest.mark.parametrize("path", SAMPLES, ids=[p.stem for p in SAMPLES])
 def test_samples_match_onnxruntime(path, carve):
-    data = np.load(path.with_name(path.stem + "_test.npz"))
+    data = np.load(path.with_name(path.stem + "_test.npz"), allow_pickle=False)
     x = data["input"][:5]
     module = import_onnx(path, {"input": x.shape})
     check_numerics(module, onnx.load(str(path)), {"input": x})

@@ -280,21 +280,28 @@ def test_verify_is_linear_in_uses() -> None:
     assert len(module.inputs[0].uses) == 20000
 
 
-def test_ir_files_that_never_end(tmp_path: Path) -> None:
+def test_ir_files_that_never_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Crash (memory, in driver.load_module): ``x.mlir`` linked to /dev/zero was read until memory
-    ran out. ``parse_file`` reads regular files only, up to the tensor size limit."""
+    ran out. ``load_module`` reads through ``parse_file``: regular files only, up to the tensor size
+    limit, in chunks (``read(limit + 1)`` reserved 4 GiB up front: a MemoryError under 2 GiB)."""
+    from afmc.driver import load_module
     from afmc.errors import ParseError
     from afmc.ir.parser import parse_file
 
     os.symlink("/dev/zero", tmp_path / "zero.mlir")
     os.mkfifo(tmp_path / "fifo.mlir")
     for name in ("zero.mlir", "fifo.mlir"):
-        with pytest.raises(ParseError, match="not a regular file"):
-            parse_file(tmp_path / name)
+        for load in (parse_file, load_module):
+            with pytest.raises(ParseError, match="not a regular file"):
+                load(tmp_path / name)
     (tmp_path / "bad.mlir").write_bytes(b"module @m \xff")
     with pytest.raises(ParseError, match="not UTF-8 text"):
-        parse_file(tmp_path / "bad.mlir")
+        load_module(tmp_path / "bad.mlir")
     assert parse_file(mlir(tmp_path, GOOD_IR)).ops[1].name == "nn.gemm"
+    assert load_module(mlir(tmp_path, GOOD_IR)).ops[1].name == "nn.gemm"
+    monkeypatch.setenv("AFMC_MAX_TENSOR_BYTES", "64")
+    with pytest.raises(ParseError, match="IR file larger than the 64 B limit"):
+        load_module(mlir(tmp_path, GOOD_IR))
 
 
 def toml_file(tmp_path: Path, text: str) -> Path:
@@ -460,12 +467,14 @@ def test_external_data_location_with_a_nul_character(tmp_path: Path, capsys: pyt
 
 
 def test_python_warnings_are_one_log_line(tmp_path: Path) -> None:
-    """Contract: numpy's RuntimeWarning on a model's odd constants (a negative variance that
-    fold-batchnorm takes the square root of) printed two raw lines; it is one ``afmc: WARNING:`` line."""
+    """Contract: numpy's RuntimeWarning on a model's odd constants (an infinite BatchNormalization
+    scale times a zero mean: 0·inf in fold-batchnorm) printed two raw lines; it is one ``afmc:
+    WARNING:`` line. (A negative variance, the first example, is now an error: test_safety.)"""
     model = onnx.load(str(SAMPLES / "cnn_digits.onnx"))
+    odd = {"bn1.weight": np.full(16, np.inf, np.float32), "bn1.running_mean": np.zeros(16, np.float32)}
     for tensor in model.graph.initializer:
-        if tensor.name == "bn1.running_var":
-            tensor.CopyFrom(numpy_helper.from_array(-np.ones(16, np.float32), tensor.name))
+        if tensor.name in odd:
+            tensor.CopyFrom(numpy_helper.from_array(odd[tensor.name], tensor.name))
     path = tmp_path / "m.onnx"
     path.write_bytes(model.SerializeToString())
     code, err, _ = run_afmc(["check", str(path), "--target", "pcm", "--input-shape", "input=1x1x8x8",

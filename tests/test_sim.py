@@ -521,7 +521,7 @@ def test_global_drift_compensation_restores_accuracy() -> None:
     """REFERENCE.md §1: rescaling each array by its read-out at t0 undoes most of the drift (the CNN loses
     most of its accuracy within a day without it); at t0 itself it changes nothing."""
     module = compiled("cnn_digits", "pcm", batch=300)
-    data = np.load(Path(sample_path("cnn_digits")).with_name("cnn_digits_test.npz"))
+    data = np.load(Path(sample_path("cnn_digits")).with_name("cnn_digits_test.npz"), allow_pickle=False)
     inputs, labels = {"input": data["input"]}, data["labels"]
     target = load_target("pcm")
 
@@ -551,7 +551,7 @@ def test_parse_duration() -> None:
 
 
 def test_run_model_reports_reference_metrics() -> None:
-    data = np.load(Path(sample_path("mlp_digits")).with_name("mlp_digits_test.npz"))
+    data = np.load(Path(sample_path("mlp_digits")).with_name("mlp_digits_test.npz"), allow_pickle=False)
     inputs, labels = {"input": data["input"][:64]}, data["labels"][:64]
     result = run_model(sample_path("mlp_digits"), "pcm", inputs, options=SimOptions(ideal=True), reference=True,
                        labels=labels, pipeline=PIPELINE)
@@ -598,7 +598,7 @@ def test_cli_run_json(bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert set(logits) == {"cosine", "rel_l2", "top1_agreement", "accuracy"}
     assert len(logits["accuracy"]["values"]) == 2 and 0.5 < logits["accuracy"]["mean"] <= 1.0
     assert doc["reference"]["metrics"]["logits"]["accuracy"] > 0.95
-    saved = np.load(out)
+    saved = np.load(out, allow_pickle=False)
     assert saved["logits"].shape == (2, 2, 300, 10) and list(saved["t_inference_s"]) == [1.0, DAY]
 
 

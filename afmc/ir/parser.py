@@ -390,6 +390,7 @@ def read_ir_file(path: str | os.PathLike[str]) -> str:
     )
 
 
+
 def parse_file(path: str | os.PathLike[str]) -> Module:
     """``parse_module(read_ir_file(path))``, errors naming the file."""
     return parse_module(read_ir_file(path), file=os.fspath(path))
