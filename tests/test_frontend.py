@@ -320,21 +320,20 @@ def test_newer_opset_with_unchanged_ops_imports():
 
 def test_all_unsupported_ops_in_one_error():
     nodes = [
-        helper.make_node("TopK", ["x", "k"], ["v", "i"], name="topk_3"),
+        helper.make_node("NonZero", ["x"], ["v"], name="nonzero_3"),
         helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["sel"], name="nms_1"),
-        helper.make_node("TopK", ["x", "k"], ["v2", "i2"], name="topk_4"),
+        helper.make_node("NonZero", ["x"], ["v2"], name="nonzero_4"),
         helper.make_node("Relu", ["x"], ["r"]),
     ]
     model = make_model(
         nodes,
         [vinfo("x", F, [5]), vinfo("boxes", F, [1, 4, 4]), vinfo("scores", F, [1, 1, 4])],
-        [vinfo("v", F, [2]), vinfo("sel", I64, [None, 3]), vinfo("r", F, [5])],
-        [init("k", np.array([2], np.int64))],
+        [vinfo("v", I64, [1, None]), vinfo("sel", I64, [None, 3]), vinfo("r", F, [5])],
     )
     with pytest.raises(UnsupportedError) as info:
         import_model(model)
     assert info.value.render() == (
-        "unsupported ops: TopK (node 'topk_3' and 1 more), NonMaxSuppression (node 'nms_1')"
+        "unsupported ops: NonZero (node 'nonzero_3' and 1 more), NonMaxSuppression (node 'nms_1')"
     )
 
 

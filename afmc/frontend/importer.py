@@ -175,6 +175,12 @@ def node_label(node: NodeProto, index: int, prefix: str = "") -> str:
     return node.name or f"{prefix}{node.op_type}_{index}"
 
 
+def supported_op_types() -> frozenset[str]:
+    """Every default-domain op type the frontend imports: the ``nn`` ops, the ones with their own
+    handler (Constant, Size, Dropout, If, ...) and the ones the version converter rewrites away."""
+    return frozenset(ONNX_TO_NN) | frozenset(HANDLERS) | _CONVERTED_AWAY
+
+
 def is_supported(node: NodeProto) -> bool:
     return node.domain in _DEFAULT_DOMAINS and (node.op_type in HANDLERS or node.op_type in ONNX_TO_NN)
 
@@ -706,7 +712,7 @@ class Importer:
                     f"'{v.name}'" for v, a in zip(operands, args) if v is not None and a is None and v.type.dtype[0] in "iu"
                 ]
                 which = f"the values of {', '.join(culprits)}, which are" if culprits else "values that are"
-                raise FrontendError(
+                raise UnsupportedError(  # data-dependent shapes: a feature afmc does not have
                     f"cannot infer a static shape for output '{name}' ({shown}); it depends on {which} "
                     "not constant at compile time"
                 )
@@ -777,6 +783,7 @@ class Importer:
 def import_generic(imp: Importer, node: NodeProto, loc: str) -> None:
     """An op of ``ONNX_TO_NN``: same operands, all attributes, inferred static result types."""
     operands = [imp.operand(name) for name in node.input]
+    _check_element_types(imp.schema(node), operands)
     attrs = imp.attributes(node)
     check = NODE_CHECKS.get(node.op_type)
     if check is not None:
@@ -784,6 +791,30 @@ def import_generic(imp: Importer, node: NodeProto, loc: str) -> None:
     names = imp.output_names(node, loc)
     types = imp.infer(node, names, operands, attrs)
     imp.emit(ONNX_TO_NN[node.op_type], operands, types, names, attrs, loc)
+
+
+def _check_element_types(schema: onnx.defs.OpSchema, operands: Sequence[Value | None]) -> None:
+    """An operand type the op's schema at ``OPSET`` does not allow (a newer model's float16 Celu,
+    added in opset 24) has no ``nn`` op: say so by name rather than let shape inference fail."""
+    allowed = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
+    for index, value in enumerate(operands):
+        if value is None or not schema.inputs:
+            continue
+        formal = schema.inputs[min(index, len(schema.inputs) - 1)]
+        type_str = f"tensor({_ONNX_TYPE_NAMES.get(value.type.dtype, '')})"
+        if formal.type_str in allowed and type_str not in allowed[formal.type_str]:
+            raise UnsupportedError(
+                f"{schema.name} does not take {value.type.dtype} ({formal.name}) at opset {OPSET}, the opset afmc "
+                "works in"
+            )
+
+
+#: IR element type -> ONNX type-string name.
+_ONNX_TYPE_NAMES = {
+    "f16": "float16", "f32": "float", "f64": "double", "i8": "int8", "i16": "int16", "i32": "int32",
+    "i64": "int64", "u8": "uint8", "u16": "uint16", "u32": "uint32", "u64": "uint64", "bool": "bool",
+    "str": "string",
+}
 
 
 # -- checks that onnx's checker and shape inference leave out --------------------------------------
