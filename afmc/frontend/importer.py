@@ -159,11 +159,11 @@ def _import(
         except Exception as exc:  # noqa: BLE001  (onnx's C++ layer raises assorted types)
             raise FrontendError(f"cannot inline the model's local functions: {first_line(exc)}") from None
     # unsupported ops first: an op unknown to onnx gets this message rather than the checker's
-    raise_unsupported(model.graph.node, allowed=_CONVERTED_AWAY)
+    raise_unsupported(model.graph.node, allowed=_CONVERTED_AWAY, constants=graph_constants(model.graph))
     if not checked:
         check(model)
     model, opset, originals = canonical_opset(model)
-    raise_unsupported(model.graph.node)
+    raise_unsupported(model.graph.node, constants=graph_constants(model.graph))
     return Importer(model.graph, opset, reader, fold_max_bytes, originals).run(input_shapes)
 
 
@@ -185,11 +185,22 @@ def is_supported(node: NodeProto) -> bool:
     return node.domain in _DEFAULT_DOMAINS and (node.op_type in HANDLERS or node.op_type in ONNX_TO_NN)
 
 
-def raise_unsupported(nodes: Iterable[NodeProto], prefix: str = "", allowed: frozenset[str] = frozenset()) -> None:
-    """One error listing every unsupported op type, with one node name (and a count) each."""
+def raise_unsupported(
+    nodes: Iterable[NodeProto],
+    prefix: str = "",
+    allowed: frozenset[str] = frozenset(),
+    constants: frozenset[str] = frozenset(),
+) -> None:
+    """One error listing every unsupported op type, with one node name (and a count) each.
+
+    A node that ``is_foldable`` on the values in ``constants`` is not listed: the importer
+    evaluates it once with onnx's reference implementation (an exotic op in a shape subgraph).
+    """
     found: dict[str, list[Any]] = {}
     for index, node in enumerate(nodes):
         if is_supported(node) or (node.domain in _DEFAULT_DOMAINS and node.op_type in allowed):
+            continue
+        if is_foldable(node, constants):
             continue
         key = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
         if key in found:
@@ -206,6 +217,45 @@ def raise_unsupported(nodes: Iterable[NodeProto], prefix: str = "", allowed: fro
         text += "; has a subgraph, not supported" if subgraph else ""
         parts.append(text + ")")
     raise UnsupportedError("unsupported ops: " + ", ".join(parts))
+
+
+#: Ops whose results differ from run to run: never folded, whatever their inputs.
+_RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
+
+#: Ops whose results are always constants at import, whatever their inputs (every type is static).
+_ALWAYS_CONSTANT = frozenset({"Constant", "Shape", "Size"})
+
+
+def _has_subgraph(node: NodeProto) -> bool:
+    return any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def is_foldable(node: NodeProto, constants: frozenset[str] | set[str]) -> bool:
+    """True for a deterministic default-domain ONNX op without subgraphs whose inputs are all in
+    ``constants``: its results can be computed once, at import."""
+    return (
+        node.domain in _DEFAULT_DOMAINS
+        and node.op_type not in _RANDOM_OPS
+        and not _has_subgraph(node)
+        and onnx.defs.has(node.op_type)
+        and all(name in constants for name in node.input if name)
+    )
+
+
+def graph_constants(graph: onnx.GraphProto, known: Iterable[str] = ()) -> frozenset[str]:
+    """The values of ``graph`` that are known at import: initializers, ``known`` (the outer
+    scope's constants), results of Constant/Shape/Size, and results of foldable nodes on those.
+    If outputs count as run-time values (conservative: only the taken branch is imported)."""
+    constants = set(known)
+    constants.update(t.name for t in graph.initializer)
+    constants.update(s.values.name for s in graph.sparse_initializer)
+    for node in graph.node:
+        fixed = node.domain in _DEFAULT_DOMAINS and node.op_type in _ALWAYS_CONSTANT
+        if fixed or is_foldable(node, constants):
+            constants.update(name for name in node.output if name)
+    return frozenset(constants)
 
 
 def _all_op_types(graph: onnx.GraphProto) -> set[str]:
@@ -403,7 +453,9 @@ class Importer:
     def import_nodes(self, nodes: Iterable[NodeProto], prefix: str = "") -> None:
         for index, node in enumerate(nodes):
             loc = node_label(node, index, prefix)
-            handler = HANDLERS.get(node.op_type, import_generic)
+            handler = HANDLERS.get(node.op_type) or (
+                import_generic if node.op_type in ONNX_TO_NN else import_by_reference
+            )
             try:
                 handler(self, node, loc)
             except AfmcError as exc:
@@ -527,6 +579,10 @@ class Importer:
 
     def constant(self, value: Value | None) -> np.ndarray | None:
         return self.module.constant_of(value)
+
+    def constant_names(self) -> set[str]:
+        """ONNX names bound to constants so far, and initializers not yet materialised."""
+        return {name for name, value in self.env.items() if self.constant(value) is not None} | set(self.pending)
 
     def add_constant(self, array: np.ndarray, name: str, loc: str) -> Value:
         """Put ``array`` in the pool under the ONNX name ``name`` and bind it."""
@@ -817,6 +873,75 @@ _ONNX_TYPE_NAMES = {
 }
 
 
+def import_by_reference(imp: Importer, node: NodeProto, loc: str) -> None:
+    """An op afmc does not implement, on constant operands (``raise_unsupported`` let it through as
+    ``is_foldable``): evaluated once with onnx's reference implementation, its results become
+    constants. Shape inference sizes the results first, so the tensor size limit holds before
+    anything is computed. Operands that did not fold (a weight-sized result left to the
+    ``fold-constants`` pass) make it the unsupported op it is."""
+    operands = [imp.operand(name) for name in node.input]
+    args = [imp.constant(v) for v in operands]
+    if any(a is None for a, v in zip(args, operands) if v is not None):
+        raise UnsupportedError(
+            f"unsupported op {node.op_type}: afmc does not implement it, and its inputs, though computed from "
+            f"constants, were not folded at import (results over {format_bytes(imp.fold_max_bytes)} are left "
+            "to the fold-constants pass)"
+        )
+    names = imp.output_names(node, loc)
+    types = imp.infer(node, names, operands, imp.attributes(node))
+    for name, value_type in zip(names, types):
+        if value_type is not None:
+            imp._check_bytes(value_type, f"output '{name}'")
+    for name, array, value_type in zip(names, _reference_run(node, names, operands, args), types):
+        if value_type is not None:
+            if value_type.is_static and tuple(array.shape) != value_type.shape:
+                raise FrontendError(
+                    f"onnx's reference {node.op_type} gives '{name}' shape {list(array.shape)}, shape inference "
+                    f"{value_type}"
+                )
+            array = array.astype(dtypes.to_numpy(value_type.dtype), copy=False)
+        imp.add_constant(array, name, loc)
+
+
+def _reference_run(
+    node: NodeProto, names: Sequence[str], operands: Sequence[Value | None], args: Sequence[np.ndarray | None]
+) -> list[np.ndarray]:
+    """``node`` (outputs renamed to ``names``) run by ``onnx.reference`` at opset ``OPSET``."""
+    from onnx.reference import ReferenceEvaluator
+
+    single = NodeProto()
+    single.CopyFrom(node)
+    del single.output[:]
+    single.output.extend(names)
+    feeds: dict[str, np.ndarray] = {}
+    inputs = []
+    for name, value, array in zip(node.input, operands, args):
+        if value is None or array is None or name in feeds:
+            continue
+        feeds[name] = array
+        inputs.append(onnx.helper.make_tensor_value_info(name, dtypes.to_onnx(value.type.dtype), value.type.shape))
+    outputs = [onnx.helper.make_empty_tensor_value_info(name) for name in names]
+    graph = onnx.helper.make_graph([single], "fold", inputs, outputs)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)])
+    try:
+        results = ReferenceEvaluator(model).run(None, feeds)
+    except Exception as exc:  # noqa: BLE001  (the reference raises whatever numpy raises)
+        raise FrontendError(
+            f"evaluating this constant {node.op_type} with onnx's reference implementation failed: {first_line(exc)}"
+        ) from None
+    arrays = []
+    for name, result in zip(names, results):
+        if not isinstance(result, np.ndarray) and not np.isscalar(result):
+            raise UnsupportedError(f"output '{name}' of the constant {node.op_type} is not a tensor")
+        array = np.asarray(result)
+        try:
+            dtypes.from_numpy(array.dtype)
+        except KeyError as exc:
+            raise UnsupportedError(f"output '{name}' of the constant {node.op_type}: {exc.args[0]}") from None
+        arrays.append(array)
+    return arrays
+
+
 # -- checks that onnx's checker and shape inference leave out --------------------------------------
 
 #: ``check(attrs, operands)`` per ONNX op type: raises ``FrontendError`` for a node that onnx's
@@ -963,8 +1088,8 @@ def import_if(imp: Importer, node: NodeProto, loc: str) -> None:
     if len(branch.output) != len(node.output):
         raise FrontendError(f"If {taken} has {len(branch.output)} outputs, the node {len(node.output)}")
     prefix = f"{loc}/{taken}/"
-    raise_unsupported(branch.node, prefix)
     imp._add_graph_constants(branch)
+    raise_unsupported(branch.node, prefix, constants=graph_constants(branch, imp.constant_names()))
     imp.import_nodes(branch.node, prefix)
     for out, branch_out in zip(node.output, branch.output):
         value = imp.operand(branch_out.name)
