@@ -705,7 +705,7 @@ class Importer:
             if parsed is None or parsed[0] == TensorProto.UNDEFINED:
                 raise FrontendError(f"cannot infer the type of output '{name}'")
             dims = parsed[1]
-            if fix is not None and dims is not None and attrs is not None:
+            if fix is not None and attrs is not None:
                 dims = fix(attrs, operands, index, dims)
             dims = self._merge_declared(name, parsed[0], dims)
             dtype = _dtype_name(parsed[0], f"output '{name}'")
@@ -971,8 +971,10 @@ def _check_transpose(attrs: Mapping[str, Any], operands: Sequence[Value | None])
 # -- corrections to onnx's shape inference ------------------------------------------------------
 
 #: ``fix(attrs, operands, output index, inferred dims) -> dims`` per ONNX op type, for the cases
-#: where onnx's per-node inference disagrees with the op's semantics.
-ShapeFix = Callable[[Mapping[str, Any], Sequence["Value | None"], int, list["int | str"]], list["int | str"]]
+#: where onnx's per-node inference disagrees with the op's semantics or gives no shape (None).
+ShapeFix = Callable[
+    [Mapping[str, Any], Sequence["Value | None"], int, "list[int | str] | None"], "list[int | str] | None"
+]
 SHAPE_FIXES: dict[str, ShapeFix] = {}
 
 
@@ -987,11 +989,11 @@ def fixes_shape(*op_types: str) -> Callable[[ShapeFix], ShapeFix]:
 
 @fixes_shape("MaxPool", "AveragePool")
 def _ceil_mode_pool(attrs: Mapping[str, Any], operands: Sequence[Value | None], index: int,
-                    dims: list[int | str]) -> list[int | str]:
+                    dims: list[int | str] | None) -> list[int | str] | None:
     """With ``ceil_mode`` a last window that would start in the trailing padding is dropped
     (ONNX reference, PyTorch, onnxruntime); onnx 1.23's shape inference keeps it."""
     data = operands[0]
-    if not attrs.get("ceil_mode") or attrs.get("auto_pad", "NOTSET") != "NOTSET" or data is None:
+    if not attrs.get("ceil_mode") or attrs.get("auto_pad", "NOTSET") != "NOTSET" or data is None or dims is None:
         return dims
     sizes = data.type.shape[2:]
     nd = len(sizes)
@@ -1009,6 +1011,15 @@ def _ceil_mode_pool(attrs: Mapping[str, Any], operands: Sequence[Value | None], 
             out -= 1
         fixed.append(max(out, 0))
     return fixed
+
+
+@fixes_shape("GroupNormalization")
+def _same_as_data(attrs: Mapping[str, Any], operands: Sequence[Value | None], index: int,
+                  dims: list[int | str] | None) -> list[int | str] | None:
+    """GroupNormalization-21 is a function op without a per-node inference function in onnx 1.23:
+    its result has the data's shape."""
+    data = operands[0]
+    return list(data.type.shape) if dims is None and data is not None else dims
 
 
 @handles("Constant")

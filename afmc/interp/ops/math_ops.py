@@ -83,15 +83,13 @@ def binary_bool(op: Op, args: Sequence[Array | None]) -> list[Array]:
 
 @impl("nn.sum", "nn.mean")
 def sum_mean(op: Op, args: Sequence[Array | None]) -> list[Array]:
-    """Variadic broadcasting Sum and Mean (floats accumulate in float64; Mean divides once)."""
+    """Variadic broadcasting Sum and Mean of floats: accumulate in float64, Mean divides once."""
     arrays = [np.asarray(a) for a in args if a is not None]
-    dtype = arrays[0].dtype
-    work = [a.astype(np.float64) if dtype.kind == "f" else a for a in arrays]
     with np.errstate(all="ignore"):
-        total = functools.reduce(np.add, work)
+        total = functools.reduce(np.add, [a.astype(np.float64) for a in arrays])
         if op.name == "nn.mean":
-            total = total / len(arrays) if dtype.kind == "f" else total // len(arrays)
-    return [to_dtype(total, dtype)]
+            total = total / len(arrays)
+    return [to_dtype(total, arrays[0].dtype)]
 
 
 @impl("nn.cum_sum")
