@@ -446,6 +446,26 @@ def test_unsupported_op_on_an_unfolded_constant_is_reported():
     assert info.value.node == "shift"
 
 
+def test_constant_sequences_fold_through_sequence_ops():
+    """SplitToSequence -> SequenceAt / ConcatFromSequence on a shape: the sequence never reaches the
+    IR, its tensor results do."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("SplitToSequence", ["s"], ["seq"], keepdims=1),
+        helper.make_node("SequenceAt", ["seq", "last"], ["n"]),
+        helper.make_node("ConcatFromSequence", ["seq"], ["dims"], axis=0),
+        helper.make_node("ReduceProd", ["dims"], ["numel"], keepdims=1),
+        helper.make_node("Div", ["numel", "n"], ["rows"]),
+        helper.make_node("Concat", ["rows", "n"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    model = make_model(nodes, [vinfo("x", F, [2, 3, 4])], [vinfo("y", F, [6, 4])],
+                       [init("last", np.array(-1, np.int64))])
+    module = import_model(model)
+    assert set(op_names(module)) == {"nn.constant", "nn.reshape"}
+    check_numerics(module, model, {"x": rng_array(2, 3, 4)})
+
+
 def test_unsupported_op_on_constants_in_a_taken_branch_is_folded():
     then_graph = helper.make_graph(
         [helper.make_node("BitShift", ["k", "one"], ["t"], direction="LEFT", name="then_shift")],

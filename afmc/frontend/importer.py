@@ -438,6 +438,8 @@ class Importer:
         self.pending: dict[str, TensorProto | onnx.SparseTensorProto] = {}
         self.declared: dict[str, tuple[int, list[int | str] | None]] = {}
         self.onnx_names: set[str] = set()
+        #: Constant ONNX sequences (lists of arrays) between folded nodes; never in the module.
+        self.sequences: dict[str, list[np.ndarray]] = {}
         self._synthetic = 0
 
     # -- driving -------------------------------------------------------------------------------
@@ -539,6 +541,8 @@ class Importer:
 
     def _set_outputs(self) -> None:
         for info in self.graph.output:
+            if info.name in self.sequences:
+                raise UnsupportedError(f"graph output '{info.name}' is an ONNX sequence; afmc's IR holds tensors only")
             value = self.value(info.name)
             if value is None:
                 raise FrontendError(f"graph output '{info.name}' is not produced by any node")
@@ -564,6 +568,8 @@ class Importer:
         return self.add_constant(array, name, name)
 
     def operand(self, name: str) -> Value | None:
+        if name in self.sequences:
+            raise UnsupportedError(f"'{name}' is an ONNX sequence; afmc's IR holds tensors only")
         value = self.value(name)
         if value is None and name:
             raise FrontendError(
@@ -576,6 +582,14 @@ class Importer:
         if name in self.env or name in self.pending:
             raise FrontendError(f"value '{name}' is defined twice")
         self.env[name] = value
+
+    def bind_sequence(self, name: str, items: list[np.ndarray]) -> None:
+        """A constant sequence from a folded node, for the folded nodes that consume it."""
+        if name in self.env or name in self.pending or name in self.sequences:
+            raise FrontendError(f"value '{name}' is defined twice")
+        for index, item in enumerate(items):
+            self._check_bytes(TensorType.of(item), f"'{name}'[{index}]")
+        self.sequences[name] = items
 
     def constant(self, value: Value | None) -> np.ndarray | None:
         return self.module.constant_of(value)
@@ -875,71 +889,85 @@ _ONNX_TYPE_NAMES = {
 
 def import_by_reference(imp: Importer, node: NodeProto, loc: str) -> None:
     """An op afmc does not implement, on constant operands (``raise_unsupported`` let it through as
-    ``is_foldable``): evaluated once with onnx's reference implementation, its results become
-    constants. Shape inference sizes the results first, so the tensor size limit holds before
-    anything is computed. Operands that did not fold (a weight-sized result left to the
-    ``fold-constants`` pass) make it the unsupported op it is."""
-    operands = [imp.operand(name) for name in node.input]
-    args = [imp.constant(v) for v in operands]
-    if any(a is None for a, v in zip(args, operands) if v is not None):
-        raise UnsupportedError(
-            f"unsupported op {node.op_type}: afmc does not implement it, and its inputs, though computed from "
-            f"constants, were not folded at import (results over {format_bytes(imp.fold_max_bytes)} are left "
-            "to the fold-constants pass)"
-        )
+    ``is_foldable``): evaluated once with onnx's reference implementation, its tensor results become
+    constants. Shape inference sizes them first, so the tensor size limit holds before anything is
+    computed. Sequence results (SplitToSequence feeding ConcatFromSequence) are kept aside for the
+    next folded node; the IR holds tensors only. Operands that did not fold (a weight-sized result
+    left to the ``fold-constants`` pass) make it the unsupported op it is."""
+    operands: list[Value | None] = []
+    args: list[Any] = []
+    for name in node.input:
+        if name in imp.sequences:
+            operands.append(None)
+            args.append(imp.sequences[name])
+            continue
+        value = imp.operand(name)
+        array = imp.constant(value)
+        if value is not None and array is None:
+            raise UnsupportedError(
+                f"unsupported op {node.op_type}: afmc does not implement it, and its inputs, though computed "
+                f"from constants, were not folded at import (results over {format_bytes(imp.fold_max_bytes)} are "
+                "left to the fold-constants pass)"
+            )
+        operands.append(value)
+        args.append(array)
     names = imp.output_names(node, loc)
-    types = imp.infer(node, names, operands, imp.attributes(node))
-    for name, value_type in zip(names, types):
+    types: list[TensorType | None] = [None] * len(names)
+    if not _has_sequences(imp.schema(node)):
+        types = imp.infer(node, names, operands, imp.attributes(node))
+        for name, value_type in zip(names, types):
+            if value_type is not None:
+                imp._check_bytes(value_type, f"output '{name}'")
+    for name, result, value_type in zip(names, _reference_run(node, names, args), types):
+        if not isinstance(result, np.ndarray):
+            imp.bind_sequence(name, result)
+            continue
         if value_type is not None:
-            imp._check_bytes(value_type, f"output '{name}'")
-    for name, array, value_type in zip(names, _reference_run(node, names, operands, args), types):
-        if value_type is not None:
-            if value_type.is_static and tuple(array.shape) != value_type.shape:
+            if value_type.is_static and tuple(result.shape) != value_type.shape:
                 raise FrontendError(
-                    f"onnx's reference {node.op_type} gives '{name}' shape {list(array.shape)}, shape inference "
+                    f"onnx's reference {node.op_type} gives '{name}' shape {list(result.shape)}, shape inference "
                     f"{value_type}"
                 )
-            array = array.astype(dtypes.to_numpy(value_type.dtype), copy=False)
-        imp.add_constant(array, name, loc)
+            result = result.astype(dtypes.to_numpy(value_type.dtype), copy=False)
+        imp.add_constant(result, name, loc)
 
 
-def _reference_run(
-    node: NodeProto, names: Sequence[str], operands: Sequence[Value | None], args: Sequence[np.ndarray | None]
-) -> list[np.ndarray]:
-    """``node`` (outputs renamed to ``names``) run by ``onnx.reference`` at opset ``OPSET``."""
+def _has_sequences(schema: onnx.defs.OpSchema) -> bool:
+    """True when an input or output of the op may be a sequence or an optional, not a tensor."""
+    allowed = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
+    formals = (*schema.inputs, *schema.outputs)
+    return any(not t.startswith("tensor(") for f in formals for t in allowed.get(f.type_str, [f.type_str]))
+
+
+def _reference_run(node: NodeProto, names: Sequence[str], args: Sequence[Any]) -> list[Any]:
+    """``node`` (outputs renamed to ``names``) run by ``onnx.reference`` at opset ``OPSET``: one
+    ndarray per tensor result, a list of them per sequence result."""
     from onnx.reference import ReferenceEvaluator
 
     single = NodeProto()
     single.CopyFrom(node)
     del single.output[:]
     single.output.extend(names)
-    feeds: dict[str, np.ndarray] = {}
-    inputs = []
-    for name, value, array in zip(node.input, operands, args):
-        if value is None or array is None or name in feeds:
-            continue
-        feeds[name] = array
-        inputs.append(onnx.helper.make_tensor_value_info(name, dtypes.to_onnx(value.type.dtype), value.type.shape))
-    outputs = [onnx.helper.make_empty_tensor_value_info(name) for name in names]
-    graph = onnx.helper.make_graph([single], "fold", inputs, outputs)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)])
+    feeds = {name: arg for name, arg in zip(node.input, args) if name and arg is not None}
     try:
-        results = ReferenceEvaluator(model).run(None, feeds)
+        results = ReferenceEvaluator(single, opsets={"": OPSET}).run(None, feeds)
     except Exception as exc:  # noqa: BLE001  (the reference raises whatever numpy raises)
         raise FrontendError(
             f"evaluating this constant {node.op_type} with onnx's reference implementation failed: {first_line(exc)}"
         ) from None
-    arrays = []
+    checked: list[Any] = []
     for name, result in zip(names, results):
-        if not isinstance(result, np.ndarray) and not np.isscalar(result):
-            raise UnsupportedError(f"output '{name}' of the constant {node.op_type} is not a tensor")
-        array = np.asarray(result)
-        try:
-            dtypes.from_numpy(array.dtype)
-        except KeyError as exc:
-            raise UnsupportedError(f"output '{name}' of the constant {node.op_type}: {exc.args[0]}") from None
-        arrays.append(array)
-    return arrays
+        items = result if isinstance(result, list) else [result]
+        if result is None or not all(isinstance(i, np.ndarray) or np.isscalar(i) for i in items):
+            raise UnsupportedError(f"output '{name}' of the constant {node.op_type} is not a tensor or a sequence")
+        arrays = [np.asarray(i) for i in items]
+        for array in arrays:
+            try:
+                dtypes.from_numpy(array.dtype)
+            except KeyError as exc:
+                raise UnsupportedError(f"output '{name}' of the constant {node.op_type}: {exc.args[0]}") from None
+        checked.append(arrays if isinstance(result, list) else arrays[0])
+    return checked
 
 
 # -- checks that onnx's checker and shape inference leave out --------------------------------------
