@@ -15,7 +15,7 @@ import numpy as np
 
 from ...ir.core import Op
 from ..registry import impl
-from .common import norm_axis, to_dtype
+from .common import norm_axis, to_dtype, unsupported
 from .elementwise import erf
 
 Array = np.ndarray
@@ -32,7 +32,10 @@ def _softplus(x: Array) -> Array:
 
 def _gelu(op: Op, x: Array) -> Array:
     """0.5·x·(1 + erf(x/√2)), or the tanh approximation when ``approximate = "tanh"``."""
-    if op.attr("approximate", "none") == "tanh":
+    approximate = op.attr("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise unsupported(op, f"approximate = {approximate!r}")
+    if approximate == "tanh":
         inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
         return 0.5 * x * (1.0 + np.tanh(inner))
     return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))

@@ -9,7 +9,7 @@ import numpy as np
 
 from ...ir.core import Op
 from ..registry import impl
-from .common import ints
+from .common import ints, unsupported
 
 Array = np.ndarray
 
@@ -38,7 +38,10 @@ def depth_to_space(op: Op, args: Sequence[Array | None]) -> list[Array]:
     x = np.asarray(args[0])
     b = int(op.attr("blocksize"))
     n, c, h, w = x.shape
-    if op.attr("mode", "DCR") == "CRD":
+    mode = op.attr("mode", "DCR")
+    if mode not in ("DCR", "CRD"):
+        raise unsupported(op, f"mode {mode!r}")
+    if mode == "CRD":
         y = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
     else:
         y = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)

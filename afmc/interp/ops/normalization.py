@@ -9,7 +9,7 @@ import numpy as np
 
 from ...ir.core import Op
 from ..registry import impl
-from .common import norm_axis, to_dtype
+from .common import norm_axis, to_dtype, unsupported
 
 Array = np.ndarray
 
@@ -50,6 +50,8 @@ def lp_normalization(op: Op, args: Sequence[Array | None]) -> list[Array]:
     x = np.asarray(args[0])
     axis = norm_axis(int(op.attr("axis", -1)), x.ndim)
     p = int(op.attr("p", 2))
+    if p not in (1, 2):
+        raise unsupported(op, f"p = {p} (ONNX defines 1 and 2)")
     x64 = x.astype(np.float64)
     norm = np.abs(x64).sum(axis=axis, keepdims=True) if p == 1 else np.sqrt((x64 * x64).sum(axis=axis, keepdims=True))
     with np.errstate(invalid="ignore", divide="ignore"):
