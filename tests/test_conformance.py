@@ -1,9 +1,11 @@
-"""ONNX conformance: the node tests of every op afmc claims (``ONNX_TO_NN``), through ``afmc.backend``.
+"""ONNX conformance: the node tests of every op afmc claims (``supported_op_types()``: the ``nn``
+ops, the ops with their own import handler, the ones converted away), through ``afmc.backend``.
 
-A node test is selected when the op it tests is in ``ONNX_TO_NN``; its ``_expanded`` variants (the
-op's function body) come along. Cases that use a feature afmc does not support (an element type
-such as float8 or bfloat16, an op outside ``ONNX_TO_NN`` in an expansion) are skipped by the
-backend with the frontend's ``UnsupportedError`` message; everything else must pass.
+A node test is selected when the op it tests is claimed; its ``_expanded`` variants (the op's
+function body) come along. Cases that use a feature afmc does not support (an element type such as
+float8 or bfloat16, an op outside the claimed set in an expansion, a shape that depends on a
+run-time input) are skipped by the backend with the frontend's ``UnsupportedError`` message;
+everything else must pass.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import onnx.backend.test
 from onnx.backend.test.loader import load_model_tests
 
 from afmc.backend import AfmcBackend
-from afmc.ir.nn import ONNX_TO_NN
+from afmc.frontend.importer import supported_op_types
 
 _EXPANDED = re.compile(r"^(?P<base>.*?)_expanded(_ver\d+)?$")
 
@@ -25,6 +27,7 @@ def _selected_node_tests() -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the case generators cast NaN/inf to integers on purpose
         cases = {case.name: case for case in load_model_tests(kind="node")}
+    claimed = supported_op_types()
     selected = []
     for name in cases:
         match = _EXPANDED.match(name)
@@ -32,7 +35,7 @@ def _selected_node_tests() -> list[str]:
         if base is None:
             continue
         tested = {node.op_type for node in base.model.graph.node if node.op_type != "Constant"}
-        if len(tested) == 1 and tested <= ONNX_TO_NN.keys():
+        if len(tested) == 1 and tested <= claimed:
             selected.append(name)
     return sorted(selected)
 

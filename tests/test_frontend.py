@@ -320,21 +320,20 @@ def test_newer_opset_with_unchanged_ops_imports():
 
 def test_all_unsupported_ops_in_one_error():
     nodes = [
-        helper.make_node("TopK", ["x", "k"], ["v", "i"], name="topk_3"),
+        helper.make_node("NonZero", ["x"], ["v"], name="nonzero_3"),
         helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["sel"], name="nms_1"),
-        helper.make_node("TopK", ["x", "k"], ["v2", "i2"], name="topk_4"),
+        helper.make_node("NonZero", ["x"], ["v2"], name="nonzero_4"),
         helper.make_node("Relu", ["x"], ["r"]),
     ]
     model = make_model(
         nodes,
         [vinfo("x", F, [5]), vinfo("boxes", F, [1, 4, 4]), vinfo("scores", F, [1, 1, 4])],
-        [vinfo("v", F, [2]), vinfo("sel", I64, [None, 3]), vinfo("r", F, [5])],
-        [init("k", np.array([2], np.int64))],
+        [vinfo("v", I64, [1, None]), vinfo("sel", I64, [None, 3]), vinfo("r", F, [5])],
     )
     with pytest.raises(UnsupportedError) as info:
         import_model(model)
     assert info.value.render() == (
-        "unsupported ops: TopK (node 'topk_3' and 1 more), NonMaxSuppression (node 'nms_1')"
+        "unsupported ops: NonZero (node 'nonzero_3' and 1 more), NonMaxSuppression (node 'nms_1')"
     )
 
 
@@ -380,6 +379,112 @@ def test_loop_is_unsupported_naming_the_node():
     model = make_model([node], [vinfo("x", F, [2])], [vinfo("y", F, [2])], [init("n", np.array(3, np.int64))])
     with pytest.raises(UnsupportedError, match=r"Loop \(node 'loop_1'; has a subgraph, not supported\)"):
         import_model(model)
+
+
+def exotic_shape_subgraph_model(data_path_op: bool):
+    """A Reshape whose target shape comes through ops afmc does not implement (Unique, BitShift)
+    on Shape(x); with ``data_path_op`` a BitShift also sits on the run-time data path."""
+    u64 = TensorProto.UINT64
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Unique", ["s"], ["u"], name="unique"),
+        helper.make_node("ReduceMax", ["u"], ["m"], keepdims=1),
+        helper.make_node("Cast", ["m"], ["mu"], to=u64),
+        helper.make_node("BitShift", ["mu", "one"], ["half"], direction="RIGHT", name="shift_const"),
+        helper.make_node("Cast", ["half"], ["h"], to=TensorProto.INT64),
+        helper.make_node("Concat", ["minus_one", "h"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    outputs = [vinfo("y", F, [12, 2])]
+    if data_path_op:
+        nodes += [helper.make_node("Cast", ["x"], ["xu"], to=u64),
+                  helper.make_node("BitShift", ["xu", "one"], ["z"], direction="LEFT", name="shift_data")]
+        outputs.append(vinfo("z", u64, [2, 3, 4]))
+    inits = [init("one", np.array([1], np.uint64)), init("minus_one", np.array([-1], np.int64))]
+    return make_model(nodes, [vinfo("x", F, [2, 3, 4])], outputs, inits)
+
+
+def test_unsupported_ops_on_constants_are_folded():
+    model = exotic_shape_subgraph_model(data_path_op=False)
+    module = import_model(model)
+    assert op_names(module) == Counter({"nn.constant": 1, "nn.reshape": 1, "nn.relu": 1})
+    check_numerics(module, model, {"x": rng_array(2, 3, 4)})
+
+
+def test_only_unsupported_ops_on_the_data_path_are_reported():
+    with pytest.raises(UnsupportedError) as info:
+        import_model(exotic_shape_subgraph_model(data_path_op=True))
+    assert info.value.render() == "unsupported ops: BitShift (node 'shift_data')"
+
+
+def test_random_ops_are_never_folded():
+    node = helper.make_node("RandomUniform", [], ["r"], shape=[2], name="rand")
+    model = make_model([node, helper.make_node("Add", ["x", "r"], ["y"])], [vinfo("x", F, [2])], [vinfo("y", F, [2])])
+    with pytest.raises(UnsupportedError, match=r"unsupported ops: RandomUniform \(node 'rand'\)"):
+        import_model(model)
+
+
+def test_folding_an_unsupported_op_obeys_the_tensor_limit():
+    nodes = [helper.make_node("BlackmanWindow", ["n"], ["w"], name="window"),
+             helper.make_node("ReduceSum", ["w"], ["total"], keepdims=0), helper.make_node("Mul", ["x", "total"], ["y"])]
+    model = make_model(nodes, [vinfo("x", F, [2])], [vinfo("y", F, [2])], [init("n", np.array(1 << 20, np.int64))])
+    with pytest.raises(FrontendError, match=r"output 'w' would be 4\.0 MiB .* over the 1\.0 MiB limit") as info:
+        import_model(model, max_tensor_bytes=1 << 20)
+    assert info.value.node == "window"
+
+
+def test_unsupported_op_on_an_unfolded_constant_is_reported():
+    """Identity of a constant larger than the fold limit stays an op: BitShift after it cannot run."""
+    u64 = TensorProto.UINT64
+    nodes = [helper.make_node("Identity", ["k"], ["kk"]),
+             helper.make_node("BitShift", ["kk", "one"], ["y"], direction="LEFT", name="shift")]
+    inits = [init("k", np.arange(100, dtype=np.uint64)), init("one", np.array([1], np.uint64))]
+    model = make_model(nodes, [], [vinfo("y", u64, [100])], inits)
+    with pytest.raises(UnsupportedError, match="unsupported op BitShift: .* not folded at import") as info:
+        import_model(model, fold_max_bytes=64)
+    assert info.value.node == "shift"
+
+
+def test_constant_sequences_fold_through_sequence_ops():
+    """SplitToSequence -> SequenceAt / ConcatFromSequence on a shape: the sequence never reaches the
+    IR, its tensor results do."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("SplitToSequence", ["s"], ["seq"], keepdims=1),
+        helper.make_node("SequenceAt", ["seq", "last"], ["n"]),
+        helper.make_node("ConcatFromSequence", ["seq"], ["dims"], axis=0),
+        helper.make_node("ReduceProd", ["dims"], ["numel"], keepdims=1),
+        helper.make_node("Div", ["numel", "n"], ["rows"]),
+        helper.make_node("Concat", ["rows", "n"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    model = make_model(nodes, [vinfo("x", F, [2, 3, 4])], [vinfo("y", F, [6, 4])],
+                       [init("last", np.array(-1, np.int64))])
+    module = import_model(model)
+    assert set(op_names(module)) == {"nn.constant", "nn.reshape"}
+    check_numerics(module, model, {"x": rng_array(2, 3, 4)})
+
+
+def test_unsupported_op_on_constants_in_a_taken_branch_is_folded():
+    then_graph = helper.make_graph(
+        [helper.make_node("BitShift", ["k", "one"], ["t"], direction="LEFT", name="then_shift")],
+        "then", [], [vinfo("t", TensorProto.UINT64, [1])],
+    )
+    else_graph = helper.make_graph([helper.make_node("Identity", ["k"], ["e"])], "else", [],
+                                   [vinfo("e", TensorProto.UINT64, [1])])
+    nodes = [
+        helper.make_node("If", ["c"], ["n"], then_branch=then_graph, else_branch=else_graph, name="branch"),
+        helper.make_node("Cast", ["n"], ["n64"], to=TensorProto.INT64),
+        helper.make_node("Concat", ["minus_one", "n64"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    inits = [init("c", np.array(True)), init("k", np.array([2], np.uint64)), init("one", np.array([1], np.uint64)),
+             init("minus_one", np.array([-1], np.int64))]
+    model = make_model(nodes, [vinfo("x", F, [2, 8])], [vinfo("y", F, [4, 4])], inits)
+    module = import_model(model)
+    assert set(op_names(module)) == {"nn.constant", "nn.reshape"}
+    check_numerics(module, model, {"x": rng_array(2, 8)})
 
 
 # -- files and external data -------------------------------------------------------------------

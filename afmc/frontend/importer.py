@@ -159,11 +159,11 @@ def _import(
         except Exception as exc:  # noqa: BLE001  (onnx's C++ layer raises assorted types)
             raise FrontendError(f"cannot inline the model's local functions: {first_line(exc)}") from None
     # unsupported ops first: an op unknown to onnx gets this message rather than the checker's
-    raise_unsupported(model.graph.node, allowed=_CONVERTED_AWAY)
+    raise_unsupported(model.graph.node, allowed=_CONVERTED_AWAY, constants=graph_constants(model.graph))
     if not checked:
         check(model)
     model, opset, originals = canonical_opset(model)
-    raise_unsupported(model.graph.node)
+    raise_unsupported(model.graph.node, constants=graph_constants(model.graph))
     return Importer(model.graph, opset, reader, fold_max_bytes, originals).run(input_shapes)
 
 
@@ -175,15 +175,32 @@ def node_label(node: NodeProto, index: int, prefix: str = "") -> str:
     return node.name or f"{prefix}{node.op_type}_{index}"
 
 
+def supported_op_types() -> frozenset[str]:
+    """Every default-domain op type the frontend imports: the ``nn`` ops, the ones with their own
+    handler (Constant, Size, Dropout, If, ...) and the ones the version converter rewrites away."""
+    return frozenset(ONNX_TO_NN) | frozenset(HANDLERS) | _CONVERTED_AWAY
+
+
 def is_supported(node: NodeProto) -> bool:
     return node.domain in _DEFAULT_DOMAINS and (node.op_type in HANDLERS or node.op_type in ONNX_TO_NN)
 
 
-def raise_unsupported(nodes: Iterable[NodeProto], prefix: str = "", allowed: frozenset[str] = frozenset()) -> None:
-    """One error listing every unsupported op type, with one node name (and a count) each."""
+def raise_unsupported(
+    nodes: Iterable[NodeProto],
+    prefix: str = "",
+    allowed: frozenset[str] = frozenset(),
+    constants: frozenset[str] = frozenset(),
+) -> None:
+    """One error listing every unsupported op type, with one node name (and a count) each.
+
+    A node that ``is_foldable`` on the values in ``constants`` is not listed: the importer
+    evaluates it once with onnx's reference implementation (an exotic op in a shape subgraph).
+    """
     found: dict[str, list[Any]] = {}
     for index, node in enumerate(nodes):
         if is_supported(node) or (node.domain in _DEFAULT_DOMAINS and node.op_type in allowed):
+            continue
+        if is_foldable(node, constants):
             continue
         key = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
         if key in found:
@@ -200,6 +217,45 @@ def raise_unsupported(nodes: Iterable[NodeProto], prefix: str = "", allowed: fro
         text += "; has a subgraph, not supported" if subgraph else ""
         parts.append(text + ")")
     raise UnsupportedError("unsupported ops: " + ", ".join(parts))
+
+
+#: Ops whose results differ from run to run: never folded, whatever their inputs.
+_RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
+
+#: Ops whose results are always constants at import, whatever their inputs (every type is static).
+_ALWAYS_CONSTANT = frozenset({"Constant", "Shape", "Size"})
+
+
+def _has_subgraph(node: NodeProto) -> bool:
+    return any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def is_foldable(node: NodeProto, constants: frozenset[str] | set[str]) -> bool:
+    """True for a deterministic default-domain ONNX op without subgraphs whose inputs are all in
+    ``constants``: its results can be computed once, at import."""
+    return (
+        node.domain in _DEFAULT_DOMAINS
+        and node.op_type not in _RANDOM_OPS
+        and not _has_subgraph(node)
+        and onnx.defs.has(node.op_type)
+        and all(name in constants for name in node.input if name)
+    )
+
+
+def graph_constants(graph: onnx.GraphProto, known: Iterable[str] = ()) -> frozenset[str]:
+    """The values of ``graph`` that are known at import: initializers, ``known`` (the outer
+    scope's constants), results of Constant/Shape/Size, and results of foldable nodes on those.
+    If outputs count as run-time values (conservative: only the taken branch is imported)."""
+    constants = set(known)
+    constants.update(t.name for t in graph.initializer)
+    constants.update(s.values.name for s in graph.sparse_initializer)
+    for node in graph.node:
+        fixed = node.domain in _DEFAULT_DOMAINS and node.op_type in _ALWAYS_CONSTANT
+        if fixed or is_foldable(node, constants):
+            constants.update(name for name in node.output if name)
+    return frozenset(constants)
 
 
 def _all_op_types(graph: onnx.GraphProto) -> set[str]:
@@ -382,6 +438,8 @@ class Importer:
         self.pending: dict[str, TensorProto | onnx.SparseTensorProto] = {}
         self.declared: dict[str, tuple[int, list[int | str] | None]] = {}
         self.onnx_names: set[str] = set()
+        #: Constant ONNX sequences (lists of arrays) between folded nodes; never in the module.
+        self.sequences: dict[str, list[np.ndarray]] = {}
         self._synthetic = 0
 
     # -- driving -------------------------------------------------------------------------------
@@ -397,7 +455,9 @@ class Importer:
     def import_nodes(self, nodes: Iterable[NodeProto], prefix: str = "") -> None:
         for index, node in enumerate(nodes):
             loc = node_label(node, index, prefix)
-            handler = HANDLERS.get(node.op_type, import_generic)
+            handler = HANDLERS.get(node.op_type) or (
+                import_generic if node.op_type in ONNX_TO_NN else import_by_reference
+            )
             try:
                 handler(self, node, loc)
             except AfmcError as exc:
@@ -481,6 +541,8 @@ class Importer:
 
     def _set_outputs(self) -> None:
         for info in self.graph.output:
+            if info.name in self.sequences:
+                raise UnsupportedError(f"graph output '{info.name}' is an ONNX sequence; afmc's IR holds tensors only")
             value = self.value(info.name)
             if value is None:
                 raise FrontendError(f"graph output '{info.name}' is not produced by any node")
@@ -506,6 +568,8 @@ class Importer:
         return self.add_constant(array, name, name)
 
     def operand(self, name: str) -> Value | None:
+        if name in self.sequences:
+            raise UnsupportedError(f"'{name}' is an ONNX sequence; afmc's IR holds tensors only")
         value = self.value(name)
         if value is None and name:
             raise FrontendError(
@@ -519,8 +583,20 @@ class Importer:
             raise FrontendError(f"value '{name}' is defined twice")
         self.env[name] = value
 
+    def bind_sequence(self, name: str, items: list[np.ndarray]) -> None:
+        """A constant sequence from a folded node, for the folded nodes that consume it."""
+        if name in self.env or name in self.pending or name in self.sequences:
+            raise FrontendError(f"value '{name}' is defined twice")
+        for index, item in enumerate(items):
+            self._check_bytes(TensorType.of(item), f"'{name}'[{index}]")
+        self.sequences[name] = items
+
     def constant(self, value: Value | None) -> np.ndarray | None:
         return self.module.constant_of(value)
+
+    def constant_names(self) -> set[str]:
+        """ONNX names bound to constants so far, and initializers not yet materialised."""
+        return {name for name, value in self.env.items() if self.constant(value) is not None} | set(self.pending)
 
     def add_constant(self, array: np.ndarray, name: str, loc: str) -> Value:
         """Put ``array`` in the pool under the ONNX name ``name`` and bind it."""
@@ -643,7 +719,7 @@ class Importer:
             if parsed is None or parsed[0] == TensorProto.UNDEFINED:
                 raise FrontendError(f"cannot infer the type of output '{name}'")
             dims = parsed[1]
-            if fix is not None and dims is not None and attrs is not None:
+            if fix is not None and attrs is not None:
                 dims = fix(attrs, operands, index, dims)
             dims = self._merge_declared(name, parsed[0], dims)
             dtype = _dtype_name(parsed[0], f"output '{name}'")
@@ -706,7 +782,7 @@ class Importer:
                     f"'{v.name}'" for v, a in zip(operands, args) if v is not None and a is None and v.type.dtype[0] in "iu"
                 ]
                 which = f"the values of {', '.join(culprits)}, which are" if culprits else "values that are"
-                raise FrontendError(
+                raise UnsupportedError(  # data-dependent shapes: a feature afmc does not have
                     f"cannot infer a static shape for output '{name}' ({shown}); it depends on {which} "
                     "not constant at compile time"
                 )
@@ -777,6 +853,7 @@ class Importer:
 def import_generic(imp: Importer, node: NodeProto, loc: str) -> None:
     """An op of ``ONNX_TO_NN``: same operands, all attributes, inferred static result types."""
     operands = [imp.operand(name) for name in node.input]
+    _check_element_types(imp.schema(node), operands)
     attrs = imp.attributes(node)
     check = NODE_CHECKS.get(node.op_type)
     if check is not None:
@@ -784,6 +861,113 @@ def import_generic(imp: Importer, node: NodeProto, loc: str) -> None:
     names = imp.output_names(node, loc)
     types = imp.infer(node, names, operands, attrs)
     imp.emit(ONNX_TO_NN[node.op_type], operands, types, names, attrs, loc)
+
+
+def _check_element_types(schema: onnx.defs.OpSchema, operands: Sequence[Value | None]) -> None:
+    """An operand type the op's schema at ``OPSET`` does not allow (a newer model's float16 Celu,
+    added in opset 24) has no ``nn`` op: say so by name rather than let shape inference fail."""
+    allowed = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
+    for index, value in enumerate(operands):
+        if value is None or not schema.inputs:
+            continue
+        formal = schema.inputs[min(index, len(schema.inputs) - 1)]
+        type_str = f"tensor({_ONNX_TYPE_NAMES.get(value.type.dtype, '')})"
+        if formal.type_str in allowed and type_str not in allowed[formal.type_str]:
+            raise UnsupportedError(
+                f"{schema.name} does not take {value.type.dtype} ({formal.name}) at opset {OPSET}, the opset afmc "
+                "works in"
+            )
+
+
+#: IR element type -> ONNX type-string name.
+_ONNX_TYPE_NAMES = {
+    "f16": "float16", "f32": "float", "f64": "double", "i8": "int8", "i16": "int16", "i32": "int32",
+    "i64": "int64", "u8": "uint8", "u16": "uint16", "u32": "uint32", "u64": "uint64", "bool": "bool",
+    "str": "string",
+}
+
+
+def import_by_reference(imp: Importer, node: NodeProto, loc: str) -> None:
+    """An op afmc does not implement, on constant operands (``raise_unsupported`` let it through as
+    ``is_foldable``): evaluated once with onnx's reference implementation, its tensor results become
+    constants. Shape inference sizes them first, so the tensor size limit holds before anything is
+    computed. Sequence results (SplitToSequence feeding ConcatFromSequence) are kept aside for the
+    next folded node; the IR holds tensors only. Operands that did not fold (a weight-sized result
+    left to the ``fold-constants`` pass) make it the unsupported op it is."""
+    operands: list[Value | None] = []
+    args: list[Any] = []
+    for name in node.input:
+        if name in imp.sequences:
+            operands.append(None)
+            args.append(imp.sequences[name])
+            continue
+        value = imp.operand(name)
+        array = imp.constant(value)
+        if value is not None and array is None:
+            raise UnsupportedError(
+                f"unsupported op {node.op_type}: afmc does not implement it, and its inputs, though computed "
+                f"from constants, were not folded at import (results over {format_bytes(imp.fold_max_bytes)} are "
+                "left to the fold-constants pass)"
+            )
+        operands.append(value)
+        args.append(array)
+    names = imp.output_names(node, loc)
+    types: list[TensorType | None] = [None] * len(names)
+    if not _has_sequences(imp.schema(node)):
+        types = imp.infer(node, names, operands, imp.attributes(node))
+        for name, value_type in zip(names, types):
+            if value_type is not None:
+                imp._check_bytes(value_type, f"output '{name}'")
+    for name, result, value_type in zip(names, _reference_run(node, names, args), types):
+        if not isinstance(result, np.ndarray):
+            imp.bind_sequence(name, result)
+            continue
+        if value_type is not None:
+            if value_type.is_static and tuple(result.shape) != value_type.shape:
+                raise FrontendError(
+                    f"onnx's reference {node.op_type} gives '{name}' shape {list(result.shape)}, shape inference "
+                    f"{value_type}"
+                )
+            result = result.astype(dtypes.to_numpy(value_type.dtype), copy=False)
+        imp.add_constant(result, name, loc)
+
+
+def _has_sequences(schema: onnx.defs.OpSchema) -> bool:
+    """True when an input or output of the op may be a sequence or an optional, not a tensor."""
+    allowed = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
+    formals = (*schema.inputs, *schema.outputs)
+    return any(not t.startswith("tensor(") for f in formals for t in allowed.get(f.type_str, [f.type_str]))
+
+
+def _reference_run(node: NodeProto, names: Sequence[str], args: Sequence[Any]) -> list[Any]:
+    """``node`` (outputs renamed to ``names``) run by ``onnx.reference`` at opset ``OPSET``: one
+    ndarray per tensor result, a list of them per sequence result."""
+    from onnx.reference import ReferenceEvaluator
+
+    single = NodeProto()
+    single.CopyFrom(node)
+    del single.output[:]
+    single.output.extend(names)
+    feeds = {name: arg for name, arg in zip(node.input, args) if name and arg is not None}
+    try:
+        results = ReferenceEvaluator(single, opsets={"": OPSET}).run(None, feeds)
+    except Exception as exc:  # noqa: BLE001  (the reference raises whatever numpy raises)
+        raise FrontendError(
+            f"evaluating this constant {node.op_type} with onnx's reference implementation failed: {first_line(exc)}"
+        ) from None
+    checked: list[Any] = []
+    for name, result in zip(names, results):
+        items = result if isinstance(result, list) else [result]
+        if result is None or not all(isinstance(i, np.ndarray) or np.isscalar(i) for i in items):
+            raise UnsupportedError(f"output '{name}' of the constant {node.op_type} is not a tensor or a sequence")
+        arrays = [np.asarray(i) for i in items]
+        for array in arrays:
+            try:
+                dtypes.from_numpy(array.dtype)
+            except KeyError as exc:
+                raise UnsupportedError(f"output '{name}' of the constant {node.op_type}: {exc.args[0]}") from None
+        checked.append(arrays if isinstance(result, list) else arrays[0])
+    return checked
 
 
 # -- checks that onnx's checker and shape inference leave out --------------------------------------
@@ -815,8 +999,10 @@ def _check_transpose(attrs: Mapping[str, Any], operands: Sequence[Value | None])
 # -- corrections to onnx's shape inference ------------------------------------------------------
 
 #: ``fix(attrs, operands, output index, inferred dims) -> dims`` per ONNX op type, for the cases
-#: where onnx's per-node inference disagrees with the op's semantics.
-ShapeFix = Callable[[Mapping[str, Any], Sequence["Value | None"], int, list["int | str"]], list["int | str"]]
+#: where onnx's per-node inference disagrees with the op's semantics or gives no shape (None).
+ShapeFix = Callable[
+    [Mapping[str, Any], Sequence["Value | None"], int, "list[int | str] | None"], "list[int | str] | None"
+]
 SHAPE_FIXES: dict[str, ShapeFix] = {}
 
 
@@ -831,11 +1017,11 @@ def fixes_shape(*op_types: str) -> Callable[[ShapeFix], ShapeFix]:
 
 @fixes_shape("MaxPool", "AveragePool")
 def _ceil_mode_pool(attrs: Mapping[str, Any], operands: Sequence[Value | None], index: int,
-                    dims: list[int | str]) -> list[int | str]:
+                    dims: list[int | str] | None) -> list[int | str] | None:
     """With ``ceil_mode`` a last window that would start in the trailing padding is dropped
     (ONNX reference, PyTorch, onnxruntime); onnx 1.23's shape inference keeps it."""
     data = operands[0]
-    if not attrs.get("ceil_mode") or attrs.get("auto_pad", "NOTSET") != "NOTSET" or data is None:
+    if not attrs.get("ceil_mode") or attrs.get("auto_pad", "NOTSET") != "NOTSET" or data is None or dims is None:
         return dims
     sizes = data.type.shape[2:]
     nd = len(sizes)
@@ -853,6 +1039,15 @@ def _ceil_mode_pool(attrs: Mapping[str, Any], operands: Sequence[Value | None], 
             out -= 1
         fixed.append(max(out, 0))
     return fixed
+
+
+@fixes_shape("GroupNormalization")
+def _same_as_data(attrs: Mapping[str, Any], operands: Sequence[Value | None], index: int,
+                  dims: list[int | str] | None) -> list[int | str] | None:
+    """GroupNormalization-21 is a function op without a per-node inference function in onnx 1.23:
+    its result has the data's shape."""
+    data = operands[0]
+    return list(data.type.shape) if dims is None and data is not None else dims
 
 
 @handles("Constant")
@@ -932,8 +1127,8 @@ def import_if(imp: Importer, node: NodeProto, loc: str) -> None:
     if len(branch.output) != len(node.output):
         raise FrontendError(f"If {taken} has {len(branch.output)} outputs, the node {len(node.output)}")
     prefix = f"{loc}/{taken}/"
-    raise_unsupported(branch.node, prefix)
     imp._add_graph_constants(branch)
+    raise_unsupported(branch.node, prefix, constants=graph_constants(branch, imp.constant_names()))
     imp.import_nodes(branch.node, prefix)
     for out, branch_out in zip(node.output, branch.output):
         value = imp.operand(branch_out.name)

@@ -333,6 +333,22 @@ def _rule_batch_norm(op: Op) -> None:
             raise _fail(op, f"operand {index} {value.type} must hold one value per channel ({channels})")
 
 
+@nn_rule("nn.group_normalization", "nn.instance_normalization")
+def _rule_channel_norm(op: Op) -> None:
+    """Per-channel scale and bias (opset 21); GroupNormalization's groups divide the channels."""
+    x = _data_of_rank(op, 3 if op.name == "nn.instance_normalization" else 2)
+    if x is None:
+        return
+    channels = x.type.shape[1]
+    if op.name == "nn.group_normalization":
+        groups = op.attr("num_groups")
+        if not isinstance(groups, int) or groups < 1 or channels % groups:
+            raise _fail(op, f"num_groups {groups!r} must be >= 1 and divide the {channels} channels of {x.type}")
+    for index, value in enumerate(op.operands[1:3], 1):
+        if value is not None and value.type.shape != (channels,):
+            raise _fail(op, f"operand {index} {value.type} must hold one value per channel ({channels})")
+
+
 @nn_rule("nn.gemm")
 def _rule_gemm(op: Op) -> None:
     a, b = op.operands[0], op.operands[1]

@@ -4,6 +4,22 @@
 calibration ops the ``calibrate`` pass inserts.
 """
 
-from . import elementwise, nn, reduce, shape, xbar, xbar_calibration
+from . import (
+    activations,
+    elementwise,
+    indexing,
+    layout,
+    linalg,
+    math_ops,
+    nn,
+    normalization,
+    reduce,
+    shape,
+    xbar,
+    xbar_calibration,
+)
 
-__all__ = ["elementwise", "nn", "reduce", "shape", "xbar", "xbar_calibration"]
+__all__ = [
+    "activations", "elementwise", "indexing", "layout", "linalg", "math_ops", "nn", "normalization", "reduce",
+    "shape", "xbar", "xbar_calibration",
+]
