@@ -151,12 +151,19 @@ _UNARY: dict[str, Callable[[Array], Array]] = {
 }
 
 
-@impl(*_UNARY)
-def unary(op: Op, args: Sequence[Array | None]) -> list[Array]:
-    """Table-driven ``T -> T`` math; numpy's inf/nan results are ONNX's too, so warnings are muted."""
-    x = np.asarray(args[0])
-    with np.errstate(all="ignore"):
-        return [to_dtype(_UNARY[op.name](x), x.dtype)]
+def register_unary(table: dict[str, Callable[[Array], Array]]) -> None:
+    """Implement each op of ``table`` as ``T -> T`` math on its one operand; numpy's inf/nan results
+    are ONNX's too, so warnings are muted."""
+
+    def unary(op: Op, args: Sequence[Array | None]) -> list[Array]:
+        x = np.asarray(args[0])
+        with np.errstate(all="ignore"):
+            return [to_dtype(table[op.name](x), x.dtype)]
+
+    impl(*table)(unary)
+
+
+register_unary(_UNARY)
 
 
 @impl("nn.leaky_relu")

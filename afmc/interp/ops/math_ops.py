@@ -15,6 +15,7 @@ import numpy as np
 from ...ir.core import Op
 from ..registry import impl
 from .common import ints, norm_axis, to_dtype
+from .elementwise import register_unary
 
 Array = np.ndarray
 
@@ -33,12 +34,7 @@ _UNARY: dict[str, Callable[[Array], Array]] = {
 }
 
 
-@impl(*_UNARY)
-def unary(op: Op, args: Sequence[Array | None]) -> list[Array]:
-    """``T -> T`` math; inf and nan inputs give numpy's (= ONNX's) results without warnings."""
-    x = np.asarray(args[0])
-    with np.errstate(all="ignore"):
-        return [to_dtype(_UNARY[op.name](x), x.dtype)]
+register_unary(_UNARY)
 
 
 @impl("nn.is_nan")
