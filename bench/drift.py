@@ -16,8 +16,9 @@ ranges right after programming (t = 1 s), without drift compensation or column c
 target's defaults (no calibration data: abs-max DAC scaling, the target's ADC range), ``max``
 (``input-range=max adc=max``), the default calibration (``percentile=99.9`` DAC, ``adc=search``) and
 ``input-range=search``, with the paired difference calibrated − max per instance (the same programming
-draws in both). ``--variants`` adds the digits CNN with per-column weight scaling (``tile{scale=column}``)
-and with its first convolution (9 × 16 weights) kept digital.
+draws in both). ``--variants`` adds, for every sample, the mappings the target's pipeline improves on
+(``pcm`` maps with ``partition{min-fan-in=16}`` and ``tile{scale=column}``): every matrix layer analog with
+per-layer weight scales (plain ``partition``, ``tile``), and every layer analog with per-column scales.
 
 Writes ``drift_<target>.md`` (tables), ``drift_<target>.json`` (every accuracy) and ``drift_<target>.png``
 (needs matplotlib, an optional dependency: ``pip install matplotlib``) into ``--out``. Deterministic for
@@ -61,8 +62,8 @@ RANGES = {
     "search": f"calibrate{{samples={ROWS} input-range=search drift=none columns=false}}",
 }
 VARIANTS = {
-    "column-scale": {"tile": "tile{scale=column}"},
-    "column-scale, conv1 digital": {"tile": "tile{scale=column}", "partition": "partition{keep-digital=/conv1/Conv}"},
+    "all analog, layer scale": {"tile": "tile", "partition": "partition"},
+    "all analog, column scale": {"tile": "tile{scale=column}", "partition": "partition"},
 }
 
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", default=",".join(SAMPLE_NAMES))
     parser.add_argument("--instances", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
-    parser.add_argument("--variants", action="store_true", help="also the CNN with per-column weight scaling")
+    parser.add_argument("--variants", action="store_true", help="also every sample mapped all analog (per-layer, per-column scales)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     from afmc.targets import load_target
@@ -145,12 +146,13 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 tasks[("ranges", sample, mode, seed)] = (sample, args.target, pipeline(target, spec), seed, (1.0,),
                                                          mode != "target")
-    if args.variants and "cnn_digits" in samples:
-        for variant, replace in VARIANTS.items():
-            for mode in ("none", "global", "column"):
-                for seed in seeds:
-                    tasks[("variant", variant, mode, seed)] = (
-                        "cnn_digits", args.target, pipeline(target, MODES[mode], replace), seed, times, True)
+    if args.variants:
+        for sample in samples:
+            for variant, replace in VARIANTS.items():
+                for mode in ("none", "global", "column"):
+                    for seed in seeds:
+                        tasks[("variant", f"{sample}|{variant}", mode, seed)] = (
+                            sample, args.target, pipeline(target, MODES[mode], replace), seed, times, True)
     results = run_grid(tasks, args.jobs)
     reference = {sample: reference_accuracy(sample) for sample in samples}
     elapsed = time.perf_counter() - start
@@ -180,13 +182,15 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {sample} | " + " | ".join(cell(values[m]) for m in RANGES)
                      + f" | {100 * gain.mean():+.2f} ± {100 * gain.std():.2f} |")
     lines.append("")
-    if args.variants and "cnn_digits" in samples:
-        lines += ["## cnn_digits: mapping variants", "", "| variant | mode | " + " | ".join(TIMES) + " |",
-                  "|" + " --- |" * (len(TIMES) + 2)]
-        for variant in VARIANTS:
-            for mode in ("none", "global", "column"):
-                per_time = np.asarray(series("variant", variant, mode)).T
-                lines.append(f"| {variant} | {mode} | " + " | ".join(cell(list(v)) for v in per_time) + " |")
+    if args.variants:
+        lines += ["## Mapping variants (the target's pipeline with another `partition` and `tile`)", "",
+                  "| sample | variant | mode | " + " | ".join(TIMES) + " |", "|" + " --- |" * (len(TIMES) + 3)]
+        for sample in samples:
+            for variant in VARIANTS:
+                for mode in ("none", "global", "column"):
+                    per_time = np.asarray(series("variant", f"{sample}|{variant}", mode)).T
+                    lines.append(f"| {sample} | {variant} | {mode} | "
+                                 + " | ".join(cell(list(v)) for v in per_time) + " |")
         lines.append("")
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"drift_{args.target}"

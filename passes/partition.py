@@ -3,7 +3,10 @@
 Static-weight Conv/ConvTranspose/Gemm/MatMul go analog unless the user pins them digital, they are
 too small to pay for the conversions, or they would waste the arrays (a depthwise convolution uses
 a handful of cells per array: ``min-utilization`` applies to grouped convolutions, whose groups each
-take their own arrays; small dense layers are ``min-macs``'s business). Everything else is digital with the reason recorded. Each op gets
+take their own arrays; small dense layers are ``min-macs``'s business), or they sum too few inputs per
+output (``min-fan-in``: an output of K inputs adds K devices' signals, so programming noise, read noise
+and the spread of drift exponents average down only as 1/sqrt(K); a 3×3 single-channel convolution's 9
+devices per output do not hide them). Everything else is digital with the reason recorded. Each op gets
 ``region`` and ``reason`` attributes (and ``region_id`` when analog); the report lists them all and
 counts the analog regions and the analog↔digital crossings.
 """
@@ -44,6 +47,7 @@ class Partition(Pass):
     min_macs: int = 0
     keep_digital: tuple[str, ...] = ()
     min_utilization: float = 0.0
+    min_fan_in: int = 0
 
     def classify(self, module: Module, op: Op, target: Any) -> tuple[str, str]:
         """(region, reason) for one op."""
@@ -57,6 +61,11 @@ class Partition(Pass):
             return "digital", f"pinned digital by keep-digital={pinned}"
         if view.macs < self.min_macs:
             return "digital", f"too small: {view.macs} MACs < min-macs={self.min_macs}"
+        if view.rows < self.min_fan_in:
+            return "digital", (
+                f"too few inputs per output: {view.rows} < min-fan-in={self.min_fan_in}"
+                " (device noise and drift spread do not average out)"
+            )
         geometry = _usable_geometry(target)
         if target is not None and geometry is None:
             return "digital", f"unsupported by the target: {target.technology} has no crossbar arrays"

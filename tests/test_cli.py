@@ -17,17 +17,18 @@ from afmc.cli import cli, main
 
 #: Arrays per sample and target, by hand: ceil(K/rows)·ceil(N/usable cols)·slices per layer.
 #: pcm: 256×256, 1 slice; flash: 1024×1024, 1 slice; crossbar: 128 rows × 127 usable cols, 4 slices.
+#: pcm's pipeline keeps layers of fewer than 16 inputs per output digital (partition{min-fan-in=16}).
 HAND_TILES = {
     # mlp: 64×128, 128×64, 64×10
     ("mlp_digits", "pcm"): 1 + 1 + 1,
     ("mlp_digits", "flash"): 1 + 1 + 1,
     ("mlp_digits", "crossbar"): (1 * 2 + 1 * 1 + 1 * 1) * 4,
     # cnn: conv 9×16, conv 144×32, conv 288×32, fc 32×10
-    ("cnn_digits", "pcm"): 1 + 1 + 2 + 1,
+    ("cnn_digits", "pcm"): 1 + 2 + 1,  # conv1 (9 inputs per output) digital
     ("cnn_digits", "flash"): 1 + 1 + 1 + 1,
     ("cnn_digits", "crossbar"): (1 + 2 + 3 + 1) * 4,
     # transformer: embed 4×32, 2 × (q, k, v, o 32×32, ff1 32×64, ff2 64×32), head 32×10
-    ("transformer_digits", "pcm"): 14,
+    ("transformer_digits", "pcm"): 13,  # embed (4 inputs per output) digital
     ("transformer_digits", "flash"): 14,
     ("transformer_digits", "crossbar"): 14 * 4,
 }

@@ -63,6 +63,33 @@ def test_keep_digital_and_min_macs() -> None:
     assert regions["/fc2/Gemm"] == ("analog", "static-weight gemm")
 
 
+def test_min_fan_in_keeps_layers_with_few_inputs_per_output_digital() -> None:
+    """conv1 of the digits CNN sums 9 inputs per output (1 channel × 3 × 3), conv2 144, fc 32."""
+    module = import_onnx(sample_path("cnn_digits"), sample_shapes("cnn_digits", 1))
+    regions, _ = partitioned(module, "canonicalize,fold-batchnorm,partition{min-fan-in=16}")
+    assert regions["/conv1/Conv"] == (
+        "digital", "too few inputs per output: 9 < min-fan-in=16 (device noise and drift spread do not average out)")
+    assert regions["/conv2/Conv"] == regions["/conv3/Conv"] == ("analog", "static-weight conv")
+    assert regions["/fc/Gemm"] == ("analog", "static-weight gemm")
+    module = import_onnx(sample_path("cnn_digits"), sample_shapes("cnn_digits", 1))
+    regions, _ = partitioned(module, "canonicalize,fold-batchnorm,partition{min-fan-in=9}")
+    assert regions["/conv1/Conv"] == ("analog", "static-weight conv")  # the bound is strict: 9 inputs pass 9
+
+
+def test_pcm_pipeline_keeps_the_narrow_layers_digital() -> None:
+    """The pcm target's own pipeline: the CNN's conv1 (9 inputs) and the transformer's embedding (4) stay
+    digital, every other matrix layer of the samples is analog."""
+    specs = [str(spec) for spec in parse_pipeline(load_target("pcm").pipeline)]
+    upto = ",".join(specs[: next(i for i, spec in enumerate(specs) if spec.startswith("partition")) + 1])
+    assert "min-fan-in=16" in upto
+    for name, narrow in (("cnn_digits", {"/conv1/Conv"}), ("transformer_digits", {"/embed/MatMul"}),
+                         ("mlp_digits", set())):
+        module = import_onnx(sample_path(name), sample_shapes(name, 1))
+        regions, _ = partitioned(module, upto)
+        digital = {loc for loc, (region, reason) in regions.items() if reason.startswith("too few inputs")}
+        assert digital == narrow, name
+
+
 def test_partition_output_round_trips_and_carries_attributes() -> None:
     module = import_onnx(sample_path("cnn_digits"), sample_shapes("cnn_digits", 1))
     compile_module(module, load_target("pcm"), passes=parse_pipeline("canonicalize,fold-batchnorm,partition").instantiate())

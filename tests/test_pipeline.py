@@ -18,7 +18,7 @@ load_passes()
         "canonicalize",
         "canonicalize,fold-constants,fold-batchnorm",
         "canonicalize{max-rounds=3},fold-constants{max-bytes=1024}",
-        "partition{min-macs=4096 keep-digital=fc1*,head min-utilization=0.25},canonicalize",
+        "partition{min-macs=4096 keep-digital=fc1*,head min-utilization=0.25 min-fan-in=16},canonicalize",
         'partition{keep-digital="a b"}',
     ],
 )
@@ -55,9 +55,10 @@ def test_bad_pipeline_shows_a_caret(spec: str, column: int, message: str) -> Non
 
 
 def test_passes_options_are_typed() -> None:
-    passes = parse_pipeline("partition{min-macs=10 keep-digital=a*,b min-utilization=0.5}").instantiate()
+    passes = parse_pipeline("partition{min-macs=10 keep-digital=a*,b min-utilization=0.5 min-fan-in=16}").instantiate()
     partition = passes[0]
     assert partition.min_macs == 10 and partition.keep_digital == ("a*", "b") and partition.min_utilization == 0.5
+    assert partition.min_fan_in == 16
 
 
 def test_every_pass_is_described() -> None:

@@ -293,7 +293,8 @@ REPORT_KEYS = {
 @pytest.mark.parametrize("target_name", TARGETS)
 def test_samples_on_builtin_targets(sample: str, target_name: str) -> None:
     target = load_target(target_name)
-    assert target.pipeline.split(",")[-1] == "schedule" and "tile" in target.pipeline.split(",")
+    names = [spec.name for spec in parse_pipeline(target.pipeline)]
+    assert names[-1] == "schedule" and "tile" in names
     module = load_module(sample_path(sample), sample_shapes(sample, 1))
     compilation = compile_module(module, target)
     report = build_report(module, target, compilation.context.report, {"name": sample})
