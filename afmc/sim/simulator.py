@@ -12,9 +12,10 @@ Vectorisation. The arrays of one layer share one unfolded input (``xbar.unfold``
 into *blocks*, one per (group, row split): the B blocks' inputs form one (B, M, R) stack (R = the
 largest row split, shorter ones zero-padded), and the arrays of a block — every column split and
 bit slice, side by side, C physical columns — one (B, R, C) weight stack. An inference then costs,
-per layer and input phase, one batched ``np.matmul`` (with IR drop: of twice the columns, plus a
-rank-32 product) and a dozen element-wise passes over the (B, M, C) result, run over chunks of
-2^16 elements that stay in cache; the first ``xbar.mvm`` of a layer computes all of its arrays and
+per layer and input phase, batched ``np.matmul`` products and a dozen element-wise passes over the
+(B, M, C) result, all run chunk after chunk of ~128 or more vectors so that the chunk's product and
+its element-wise passes stay in cache (with IR drop: the inputs stacked [d; k·f·d], twice the vectors,
+plus a rank-32 product; the DAC quantisation likewise runs in chunks); the first ``xbar.mvm`` of a layer computes all of its arrays and
 the others read their slice. Weight stacks are built once per programming instance and time point
 (`program`, `set_time`), never per input; with noisy weights the ADC's per-column scale is folded
 into them. Large intermediate arrays live in per-layer workspaces reused between inferences.
@@ -669,25 +670,35 @@ class AnalogSimulator(Interpreter):
         return (np.asarray(y, np.float64) * alpha).astype(F32)
 
     def _quantise(self, layer: AnalogLayer, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per block: the noise-management scales s (B, M, 1) and the DAC's q (B, M, R), zero-padded."""
+        """Per block: the noise-management scales s (B, M, 1) and the DAC's q (B, M, R), zero-padded.
+
+        Run over chunks of vectors that stay in cache (gather, max|x|, scale, round, clip: the same
+        float32 operations as `abs_max_scale` and `Dac.normalise` on the whole stack, so the same bits);
+        both results are workspaces of the layer, valid until it is read again."""
         abs_max = self.options.noise_management == "abs_max"
         static = layer.input_scale
-        if layer.contiguous:
-            if static is not None:  # calibrated static ranges
-                s = np.repeat(static.astype(F32)[:, None, None], a.shape[1], axis=1)
-            else:
-                s = abs_max_scale(a) if abs_max else np.ones(a.shape[:2] + (1,), F32)
-            return self.dac.normalise(a, s), s
-        # Gather the blocks first (reductions over strided rows are several times slower); the zero
-        # padding changes neither max|x| nor the quantised values.
-        q = layer.workspace("q", (len(layer.blocks), a.shape[1], layer.rows), F32, zero=True)
-        for b, (g, r0, r1) in enumerate(layer.blocks):
-            q[b, :, : r1 - r0] = a[g, :, r0:r1]
-        if static is not None:
-            s = np.repeat(static.astype(F32)[:, None, None], a.shape[1], axis=1)
+        blocks, vectors = len(layer.blocks), a.shape[1]
+        if static is not None:  # calibrated static ranges
+            s = np.repeat(static.astype(F32)[:, None, None], vectors, axis=1)
+        elif not abs_max:
+            s = np.ones((blocks, vectors, 1), F32)
         else:
-            s = abs_max_scale(q) if abs_max else np.ones(q.shape[:2] + (1,), F32)
-        return self.dac.normalise(q, s, out=q), s
+            s = layer.workspace("s", (blocks, vectors, 1), F32)
+        # The zero padding of short blocks changes neither max|x| nor the quantised values.
+        q = layer.workspace("q", (blocks, vectors, layer.rows), F32, zero=not layer.contiguous)
+        step = max(16, _CHUNK_ELEMENTS // max(1, layer.rows))
+        magnitude = np.empty((min(step, vectors), layer.rows), F32) if static is None and abs_max else None
+        for m0 in range(0, vectors, step):
+            m1 = min(m0 + step, vectors)
+            for b, (g, r0, r1) in enumerate(layer.blocks):
+                x = a[g, m0:m1, r0:r1]
+                scale = s[b, m0:m1]
+                if magnitude is not None:  # max|x| (= max(max x, −min x), in one reduction)
+                    mag = np.abs(x, out=magnitude[: m1 - m0, : r1 - r0])
+                    np.max(mag, axis=-1, keepdims=True, out=scale)
+                    scale[scale == 0] = 1
+                self.dac.normalise(x, scale, out=q[b, m0:m1, : r1 - r0])
+        return q, s
 
     def _read(self, layer: AnalogLayer, x: np.ndarray) -> np.ndarray:
         """`_read_quantised` of a gathered (B, M, R) input stack (the result is the layer's workspace:
@@ -730,7 +741,7 @@ class AnalogSimulator(Interpreter):
                 d = d.astype(np.float64)
             sigma = self._noise_sigma(layer, d, phase.unit)
             table = self._noise_table(sigma) if sigma is not None and not isinstance(sigma, np.ndarray) else None
-            rng = np.random.Generator(np.random.PCG64(_child(self._noise_seq, call, p))) if sigma is not None else None
+            rng = np.random.Generator(np.random.SFC64(_child(self._noise_seq, call, p))) if sigma is not None else None
             prod = layer.workspace("prod", (blocks, 2 * rows if ir else rows, width), d.dtype)
             stacked = layer.workspace("stacked", (blocks, 2 * rows, d.shape[-1]), d.dtype) if ir else None
             scratch = layer.workspace("scratch", (blocks, rows, width), F32)
@@ -862,5 +873,6 @@ IR_SKETCH_RANK = 32
 #: Elements of one chunk's (B, rows, C) result: 256 KB of float32, so a few stay in a core's L2 cache.
 _CHUNK_ELEMENTS = 1 << 16
 #: Fewest vectors of one chunk of an analog read (smaller products lose BLAS speed).
-_MIN_CHUNK_ROWS = int(__import__("os").environ.get("MINR", "128"))
-_READ_CHUNK = 1 << int(__import__("os").environ.get("RC", "16"))
+_MIN_CHUNK_ROWS = 128
+#: Elements of one chunk's product in an analog read (B × vectors × columns, both halves with IR drop).
+_READ_CHUNK = 1 << 16
