@@ -129,9 +129,16 @@ def assemble(op: Op, args: Sequence[np.ndarray | None]) -> list[np.ndarray]:
     """Column blocks side by side within a group, groups side by side, plus bias, in the nn layout."""
     blocks = int(op.attr("groups")) * int(op.attr("col_splits"))
     parts = [np.asarray(a, np.float32) for a in args[:blocks]]
-    y = parts[0] if blocks == 1 else np.concatenate(parts, axis=1)
     bias = args[blocks] if len(args) > blocks else None
-    if bias is not None:
-        y = y + np.float32(op.attr("bias_scale")) * np.asarray(bias, np.float32)
+    if bias is None:
+        y = parts[0] if blocks == 1 else np.concatenate(parts, axis=1)
+    else:  # concatenation and bias in one pass: each block plus its share of the bias
+        b = np.float32(op.attr("bias_scale")) * np.asarray(bias, np.float32)
+        y = np.empty((parts[0].shape[0], sum(p.shape[1] for p in parts)), np.float32)
+        c0 = 0
+        for part in parts:
+            c1 = c0 + part.shape[1]
+            np.add(part, b if b.ndim == 0 or b.shape[-1] == 1 else b[..., c0:c1], out=y[:, c0:c1])
+            c0 = c1
     shape = op.result.type.shape
     return [LAYOUTS[op.attr("kind")](y, shape).astype(result_dtype(op), copy=False)]
