@@ -73,7 +73,7 @@ class Attrs(Mapping[str, Any]):
 
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> None:
         pairs = items.items() if isinstance(items, Mapping) else items
-        self._items: dict[str, Any] = {k: _freeze(v) for k, v in sorted(pairs, key=lambda kv: kv[0])}
+        self._items: dict[str, Any] = {k: _freeze(v) for k, v in sorted(pairs, key=_key_of)}
 
     def __getitem__(self, key: str) -> Any:
         return self._items[key]
@@ -83,6 +83,14 @@ class Attrs(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    # Straight to the dict: Mapping's generic get/__contains__ go through __getitem__ and an
+    # exception, and verification asks millions of times on 10^4-tile modules.
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._items.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
 
     def replace(self, **changes: Any) -> Attrs:
         """A copy with ``changes`` applied; a value of ``None`` removes the key. Only the changes
@@ -95,7 +103,7 @@ class Attrs(Mapping[str, Any]):
             else:
                 merged[key] = _freeze(value)
         copy = Attrs.__new__(Attrs)
-        copy._items = dict(sorted(merged.items(), key=lambda kv: kv[0]))
+        copy._items = dict(sorted(merged.items(), key=_key_of))
         return copy
 
     def __eq__(self, other: object) -> bool:
@@ -109,10 +117,22 @@ class Attrs(Mapping[str, Any]):
         return f"Attrs({self._items!r})"
 
 
+def _key_of(pair: tuple[str, Any]) -> str:
+    return pair[0]
+
+
+#: Immutable scalars that ``_freeze`` returns as they are (checked first: most attributes are these).
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
 def _freeze(value: Any) -> Any:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, list):
         return tuple(_freeze(v) for v in value)
     if isinstance(value, tuple):
+        if type(value) is tuple and all(type(v) in _PLAIN for v in value):
+            return value  # already frozen: spans like (0, 8)
         return tuple(_freeze(v) for v in value)
     if isinstance(value, dict):
         return Attrs(value)

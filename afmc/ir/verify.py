@@ -113,10 +113,17 @@ def verify(module: Module) -> None:
                 continue
             if id(operand) not in defined:
                 raise _fail(op, f"operand {index} %{operand.name} is used before it is defined")
-        uses = Counter(id(v) for v in op.operands if v is not None)
-        for operand in op.operands:
-            if operand is not None and recorded_uses(operand)[id(op)] != uses[id(operand)]:
-                raise _fail(op, f"use list of %{operand.name} is out of date")
+        present = [v for v in op.operands if v is not None]
+        if len({id(v) for v in present}) == len(present):  # each operand once: a use each
+            for operand in present:
+                users = operand.uses
+                if not (len(users) == 1 and users[0] is op) and recorded_uses(operand)[id(op)] != 1:
+                    raise _fail(op, f"use list of %{operand.name} is out of date")
+        else:
+            uses = Counter(id(v) for v in present)
+            for operand in present:
+                if recorded_uses(operand)[id(op)] != uses[id(operand)]:
+                    raise _fail(op, f"use list of %{operand.name} is out of date")
         for result in op.results:
             if result.producer is not op:
                 raise _fail(op, f"result %{result.name} names another producer")

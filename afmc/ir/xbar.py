@@ -81,14 +81,17 @@ def _fail(op: Op, message: str) -> VerifyError:
 
 
 def _require(op: Op, keys: tuple[str, ...]) -> None:
-    missing = [k for k in keys if k not in op.attributes]
+    attributes = op.attributes
+    if all(k in attributes for k in keys):
+        return
+    missing = [k for k in keys if k not in attributes]
     if missing:
         raise _fail(op, f"missing attribute(s) {', '.join(missing)}")
 
 
 def _span(op: Op, key: str) -> tuple[int, int]:
     value = op.attr(key)
-    if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+    if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], int) and isinstance(value[1], int)):
         raise _fail(op, f"'{key}' must be [start, stop], got {value!r}")
     start, stop = value
     if not 0 <= start < stop:

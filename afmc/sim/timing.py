@@ -76,6 +76,7 @@ __all__ = [
     "digital_op_count",
     "estimate",
     "simulate",
+    "simulate_events",
 ]
 
 PJ_TO_J = 1e-12
@@ -489,7 +490,20 @@ class Run:
 
 
 def simulate(graph: TaskGraph, n: int, trace: bool = False) -> Run:
-    """Discrete-event schedule of ``n`` inferences, all queued at t = 0 (see the module doc)."""
+    """Discrete-event schedule of ``n`` inferences, all queued at t = 0 (see the module doc).
+
+    Without ``trace``, arrays that only one task uses are simulated a layer at a time with numpy
+    (`_simulate_grouped`): the result is the same, to the bit, as the plain event loop
+    (`simulate_events`), which runs instead when the grouped one cannot vouch for it."""
+    if not trace and n > 1:
+        run = _simulate_grouped(graph, n)
+        if run is not None:
+            return run
+    return simulate_events(graph, n, trace)
+
+
+def simulate_events(graph: TaskGraph, n: int, trace: bool = False) -> Run:
+    """The plain event loop behind `simulate`: one heap event per task and inference."""
     size = graph.size
     dur, res, succs = graph.duration, graph.resource, graph.succs
     total = n * size
@@ -558,6 +572,197 @@ def simulate(graph: TaskGraph, n: int, trace: bool = False) -> Run:
     finish = starts + np.asarray(dur, np.float64)[None, :]
     completion = (finish + np.asarray(graph.tail, np.float64)[None, :]).max(axis=1) if size else np.zeros(n)
     return Run(n, starts, finish, completion, np.asarray(binder, np.int64) if binder is not None else None)
+
+
+class _Reordered(Exception):
+    """The grouped schedule met a case where a private array would not serve in inference order."""
+
+
+@dataclass
+class _Group:
+    """Tasks on private arrays with the same producers: simulated together, one numpy step per inference.
+
+    ``delays[p]`` is the transfer delay from producer ``preds[p]`` to each member; ``edge_*`` list
+    every (member, consumer, delay) edge, ``consumers`` the distinct consumers with how many edges
+    reach each."""
+
+    members: np.ndarray
+    duration: np.ndarray
+    delays: np.ndarray
+    edge_member: np.ndarray
+    edge_slot: np.ndarray
+    edge_delay: np.ndarray
+    consumers: list[int]
+    consumer_edges: list[int]
+
+
+def _groups(graph: TaskGraph) -> tuple[list[_Group], list[list[tuple[int, int]]], np.ndarray]:
+    """The groups of `_simulate_grouped`, each task's (group, producer row) pairs, and a mask of members.
+
+    A member is an array task with a resource of its own (one server, no other task on it) and
+    positive duration, none of whose producers is such a task; members with the same producers
+    form a group."""
+    size = graph.size
+    users: dict[int, int] = {}
+    for r in graph.resource:
+        if r >= 0:
+            users[r] = users.get(r, 0) + 1
+    private = [graph.kinds[i] == ARRAY and graph.resource[i] >= 0 and users[graph.resource[i]] == 1
+               and graph.resource_capacity[graph.resource[i]] == 1 for i in range(size)]
+    keyed: dict[tuple[int, ...], list[int]] = {}
+    for i in range(size):
+        preds = graph.preds[i]
+        if private[i] and preds and not any(private[j] for j, _ in preds):
+            keyed.setdefault(tuple(j for j, _ in preds), []).append(i)
+    member = np.zeros(size, bool)
+    feeds: list[list[tuple[int, int]]] = [[] for _ in range(size)]
+    groups: list[_Group] = []
+    for key, tasks in keyed.items():
+        g = len(groups)
+        members = np.asarray(tasks, np.int64)
+        member[members] = True
+        delays = np.asarray([[d for _, d in graph.preds[i]] for i in tasks], np.float64).T.copy()
+        for row, j in enumerate(key):
+            feeds[j].append((g, row))
+        pairs = [(pos, s, d) for pos, i in enumerate(tasks) for s, d in graph.succs[i]]
+        consumers = sorted({s for _, s, _ in pairs})
+        slot = {s: c for c, s in enumerate(consumers)}
+        counts = [0] * len(consumers)
+        for _, s, _ in pairs:
+            counts[slot[s]] += 1
+        groups.append(_Group(
+            members=members,
+            duration=np.asarray([graph.duration[i] for i in tasks], np.float64),
+            delays=delays,
+            edge_member=np.asarray([p for p, _, _ in pairs], np.int64),
+            edge_slot=np.asarray([slot[s] for _, s, _ in pairs], np.int64),
+            edge_delay=np.asarray([d for _, _, d in pairs], np.float64),
+            consumers=consumers,
+            consumer_edges=counts,
+        ))
+    return groups, feeds, member
+
+
+def _simulate_grouped(graph: TaskGraph, n: int) -> Run | None:
+    """`simulate_events` with the members of each `_Group` handled as one vector per inference.
+
+    A member's array serves only it, so while it serves the inferences in order, its start is
+    max(ready, previous finish): one numpy step per group and inference once the group's shared
+    producers are done. Its consumers learn the arrivals at once (their ready event still fires at
+    the same time), so the heap holds only the other tasks. That order holds when each group's
+    inferences become ready in order and no member's ready time goes back from one inference to
+    the next; otherwise an inference could overtake another on an array, and this returns None so
+    that the plain loop decides. Every time is the same sum of the same floats as in the plain loop."""
+    groups, feeds, member = _groups(graph)
+    if not groups:
+        return None
+    size = graph.size
+    dur, res = graph.duration, graph.resource
+    is_member = member.tolist()
+    succs = [[(s, d) for s, d in graph.succs[i] if not is_member[s]] for i in range(size)]
+    remaining = [len(p) for p in graph.preds] * n
+    ready_at = list(graph.release) * n
+    start_flat = [0.0] * (n * size)
+    starts = np.zeros((n, size))
+    free = list(graph.resource_capacity)
+    waiting: list[list[tuple[int, int, int]]] = [[] for _ in free]
+    events: list[tuple[float, int, int, int]] = []
+    seq = 0
+    release = np.asarray(graph.release, np.float64)
+    g_ready = [[release[g.members].copy() for _ in range(n)] for g in groups]
+    g_remaining = [[g.delays.shape[0]] * n for g in groups]
+    g_next = [0] * len(groups)
+    g_last_ready: list[np.ndarray | None] = [None] * len(groups)
+    g_last_finish: list[np.ndarray | None] = [None] * len(groups)
+    for k in range(n):
+        for i in range(size):
+            if not graph.preds[i] and not is_member[i]:
+                events.append((ready_at[k * size + i], seq, k * size + i, _READY))
+                seq += 1
+    heapq.heapify(events)
+    push, pop = heapq.heappush, heapq.heappop
+
+    def run_group(g: int, k: int) -> None:
+        nonlocal seq
+        group = groups[g]
+        if g_next[g] != k:
+            raise _Reordered
+        g_next[g] = k + 1
+        ready = g_ready[g][k]
+        last_ready, last_finish = g_last_ready[g], g_last_finish[g]
+        if last_ready is None or last_finish is None:
+            begin = ready
+        else:
+            if (ready < last_ready).any():
+                raise _Reordered
+            begin = np.maximum(ready, last_finish)
+        end = begin + group.duration
+        g_last_ready[g], g_last_finish[g] = ready, end
+        starts[k, group.members] = begin
+        arrival = np.full(len(group.consumers), -np.inf)
+        np.maximum.at(arrival, group.edge_slot, end[group.edge_member] + group.edge_delay)
+        base = k * size
+        for s, latest, count in zip(group.consumers, arrival.tolist(), group.consumer_edges):
+            sid = base + s
+            ready_at[sid] = max(ready_at[sid], latest)
+            remaining[sid] -= count
+            if remaining[sid] == 0:
+                push(events, (ready_at[sid], seq, sid, _READY))
+                seq += 1
+
+    try:
+        while events:
+            now = events[0][0]
+            touched: list[int] = []
+            while events and events[0][0] == now:
+                _, _, tid, kind = pop(events)
+                i = tid % size
+                r = res[i]
+                if kind == _READY:
+                    if r >= 0:
+                        push(waiting[r], (tid // size, i, tid))
+                        if r not in touched:
+                            touched.append(r)
+                        continue
+                    start_flat[tid] = now
+                else:
+                    free[r] += 1
+                    if r not in touched:
+                        touched.append(r)
+                base = tid - i
+                for s, delay in succs[i]:
+                    sid = base + s
+                    arrival = now + delay
+                    ready_at[sid] = max(ready_at[sid], arrival)
+                    remaining[sid] -= 1
+                    if remaining[sid] == 0:
+                        push(events, (ready_at[sid], seq, sid, _READY))
+                        seq += 1
+                if feeds[i]:
+                    k = tid // size
+                    for g, row in feeds[i]:
+                        ready = g_ready[g][k]
+                        np.maximum(ready, now + groups[g].delays[row], out=ready)
+                        g_remaining[g][k] -= 1
+                        if g_remaining[g][k] == 0:
+                            run_group(g, k)
+            for r in touched:
+                queue = waiting[r]
+                while free[r] and queue:
+                    _, i, tid = pop(queue)
+                    free[r] -= 1
+                    start_flat[tid] = now
+                    push(events, (now + dur[i], seq, tid, _DONE))
+                    seq += 1
+    except _Reordered:
+        return None
+    if any(nxt != n for nxt in g_next):
+        return None  # a group never ran: a cycle or a missing producer; the plain loop tells
+    flat = np.asarray(start_flat, np.float64).reshape(n, size)
+    starts[:, ~member] = flat[:, ~member]
+    finish = starts + np.asarray(dur, np.float64)[None, :]
+    completion = (finish + np.asarray(graph.tail, np.float64)[None, :]).max(axis=1)
+    return Run(n, starts, finish, completion, None)
 
 
 # ---------------------------------------------------------------------------------------------
