@@ -7,8 +7,10 @@ calibrated on the inputs its calibrated predecessors give it. For each analog la
 
 1. **Input (DAC) range** (``input-range``): a static scale ``s`` from the layer's unfolded inputs x:
    ``max`` = max|x|, ``percentile`` = the ``percentile``-th percentile of |x| (default 99.9),
-   ``std`` = ``std`` · σ(x) (at most max|x|), ``search`` = the candidate among max|x|·2^(-k/2),
-   k = 0..8, whose outputs (ADC ideal) are closest to the digital reference (one read of up to
+   ``std`` = ``std`` · σ(x) (at most max|x|), ``best`` (default) = whichever of those three gives
+   outputs (ADC ideal) closest to the digital reference on the chip (the percentile clips a sparse
+   input's common peak values, max wastes levels on outliers: neither wins on every layer),
+   ``search`` = the candidate among max|x|·2^(-k/2), k = 0..8, scored the same way (one read of up to
    `INPUT_SEARCH_VECTORS` vectors per candidate tried: cheap on one-phase DACs, slow on bit-serial ones);
    ``dynamic`` keeps the target's per-vector abs-max noise management (no static range). Written as
    ``input_scale`` on every ``xbar.mvm`` of the layer.
@@ -59,7 +61,7 @@ from afmc.ir.core import Module, Op
 from afmc.ir.xbar import signed_levels
 from afmc.pipeline import Pass, PassContext, register_pass
 
-INPUT_RANGE_MODES = ("search", "max", "percentile", "std", "dynamic")
+INPUT_RANGE_MODES = ("best", "search", "max", "percentile", "std", "dynamic")
 ADC_MODES = ("search", "max", "target")
 DRIFT_MODES = ("auto", "global", "column", "none")
 #: ADC range candidates of ``adc=search``: the profiled maximum times 2^(-k/2), k = 0..SEARCH_STEPS (then refined).
@@ -259,7 +261,7 @@ class Calibrate(Pass):
     """Learn converter ranges, per-column gain/offset and drift-compensation references on the simulated chip."""
 
     name: ClassVar[str] = "calibrate"
-    input_range: str = "percentile"
+    input_range: str = "best"
     percentile: float = 99.9
     std: float = 4.0
     adc: str = "search"
@@ -326,6 +328,8 @@ class Calibrate(Pass):
             return f"percentile={self.percentile:g}"
         if self.input_range == "std":
             return f"std={self.std:g}"
+        if self.input_range == "best":
+            return f"best of max, percentile={self.percentile:g}, std={self.std:g}"
         return self.input_range
 
     # -- walking the data through the chip ---------------------------------------------------------
@@ -388,14 +392,17 @@ class Calibrate(Pass):
         """Ranges for one layer on its (G, M, K) inputs; returns its analog and ideal mvm results."""
         reference = {id(op): _ideal_mvm(op, unfolded, module) for op in layer.ops}
         calls = sim.noise_calls
-        if self.input_range == "search":
+        if self.input_range in ("search", "best"):
             subset = _even_subset(unfolded.shape[1], INPUT_SEARCH_VECTORS)
-            peak = float(np.max(np.abs(unfolded))) if unfolded.size else 0.0
-            state.input_scale = self._search_input(
-                sim, layer, np.ascontiguousarray(unfolded[:, subset]), {k: v[subset] for k, v in reference.items()},
-                peak, calls)
+            scorer = _InputScaleScorer(sim, layer, np.ascontiguousarray(unfolded[:, subset]),
+                                       {k: v[subset] for k, v in reference.items()}, calls)
+            if self.input_range == "search":
+                peak = float(np.max(np.abs(unfolded))) if unfolded.size else 0.0
+                state.input_scale = _search_octaves(scorer, peak)
+            else:
+                state.input_scale = scorer.best([self._input_scale(unfolded, mode) for mode in ("max", "percentile", "std")])
         elif self.input_range != "dynamic":
-            state.input_scale = self._input_scale(unfolded)
+            state.input_scale = self._input_scale(unfolded, self.input_range)
         sim.set_input_scale(layer, state.input_scale)
         if self.adc == "target":
             sim.noise_calls = calls
@@ -407,47 +414,18 @@ class Calibrate(Pass):
             self._measure_reference(sim, layer, state)
         return outputs, reference
 
-    def _input_scale(self, unfolded: np.ndarray) -> float:
+    def _input_scale(self, unfolded: np.ndarray, mode: str) -> float:
         x = np.abs(np.asarray(unfolded, np.float64)).reshape(-1)
         peak = float(x.max()) if x.size else 0.0
         if peak <= 0 or not math.isfinite(peak):
             return 1.0
-        if self.input_range == "max":
+        if mode == "max":
             scale = peak
-        elif self.input_range == "percentile":
+        elif mode == "percentile":
             scale = float(np.percentile(x, self.percentile))
         else:
             scale = min(peak, self.std * float(np.std(np.asarray(unfolded, np.float64))))
         return float(scale) if scale > 0 else peak
-
-    def _search_input(self, sim: Any, layer: Any, unfolded: np.ndarray, reference: dict[int, np.ndarray],
-                      peak: float, calls: int) -> float:
-        """The static input scale among ``peak`` = max|x| times 2^(-k/2), k = 0..8, whose outputs (read
-        with the ADC ideal: its range is chosen next) are closest to the reference: whole octaves first,
-        then the half octaves beside the best (every candidate sees the same noise draws)."""
-        if not peak > 0 or not math.isfinite(peak):
-            return 1.0
-        weights = _column_weights(layer)
-        errors: dict[int, float] = {}
-        previous = sim.options
-        sim.options = dataclasses.replace(previous, adc=False)
-        try:
-            def trial(k: int) -> None:
-                if 0 <= k <= SEARCH_STEPS and k not in errors:
-                    sim.set_input_scale(layer, peak * 2.0 ** (-k / 2))
-                    sim.noise_calls = calls
-                    outputs = sim.forward(layer, unfolded)
-                    errors[k] = sum(_weighted_errors(layer, outputs, reference, weights).values())
-
-            for k in range(0, SEARCH_STEPS + 1, 2):
-                trial(k)
-            best = min(errors, key=lambda k: (errors[k], k))
-            trial(best - 1)
-            trial(best + 1)
-        finally:
-            sim.options = previous
-        best = min(errors, key=lambda k: (errors[k], k))
-        return peak * 2.0 ** (-best / 2)
 
     def _adc_ranges(self, sim: Any, layer: Any, unfolded: np.ndarray, reference: dict[int, np.ndarray],
                     calls: int) -> tuple[dict[int, np.ndarray], dict[int, float]]:
@@ -614,6 +592,44 @@ class Calibrate(Pass):
             row["rel_error_before"] = math.sqrt(state.error_before / state.reference_power)
             row["rel_error_after"] = math.sqrt(state.error_after / state.reference_power)
         return row
+
+
+class _InputScaleScorer:
+    """Scores static input scales of one layer: the error of its outputs, read with the ADC ideal (its
+    range is chosen next), against the reference; every candidate sees the same noise draws."""
+
+    def __init__(self, sim: Any, layer: Any, unfolded: np.ndarray, reference: dict[int, np.ndarray],
+                 calls: int) -> None:
+        self.sim, self.layer, self.unfolded, self.reference, self.calls = sim, layer, unfolded, reference, calls
+        self.weights = _column_weights(layer)
+        self.errors: dict[float, float] = {}
+
+    def error(self, scale: float) -> float:
+        if scale not in self.errors:
+            previous = self.sim.options
+            self.sim.options = dataclasses.replace(previous, adc=False)
+            try:
+                self.sim.set_input_scale(self.layer, scale)
+                self.sim.noise_calls = self.calls
+                outputs = self.sim.forward(self.layer, self.unfolded)
+            finally:
+                self.sim.options = previous
+            self.errors[scale] = sum(_weighted_errors(self.layer, outputs, self.reference, self.weights).values())
+        return self.errors[scale]
+
+    def best(self, scales: list[float]) -> float:
+        """The scale with the smallest error (ties: the widest range)."""
+        return min(scales, key=lambda scale: (self.error(scale), -scale))
+
+
+def _search_octaves(scorer: _InputScaleScorer, peak: float) -> float:
+    """Among ``peak`` = max|x| times 2^(-k/2), k = 0..8: whole octaves first, then the half octaves
+    beside the best."""
+    if not peak > 0 or not math.isfinite(peak):
+        return 1.0
+    octaves = [peak * 2.0 ** (-k / 2) for k in range(SEARCH_STEPS + 1)]
+    best = octaves.index(scorer.best(octaves[::2]))
+    return scorer.best([octaves[k] for k in (best - 1, best, best + 1) if 0 <= k <= SEARCH_STEPS])
 
 
 def _tiny(reference: float) -> float:
