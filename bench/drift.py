@@ -14,7 +14,7 @@ so each instance is a chip programmed and calibrated once), the test split's acc
 next to the digital reference (onnxruntime on the same inputs). A second table compares converter
 ranges right after programming (t = 1 s), without drift compensation or column correction: the
 target's defaults (no calibration data: abs-max DAC scaling, the target's ADC range), ``max``
-(``input-range=max adc=max``), the default calibration (``percentile=99.9`` DAC, ``adc=search``) and
+(``input-range=max adc=max``), the default calibration (``input-range=best`` DAC, ``adc=search``) and
 ``input-range=search``, with the paired difference calibrated − max per instance (the same programming
 draws in both). ``--variants`` adds, for every sample, the mappings the target's pipeline improves on
 (``pcm`` maps with ``partition{min-fan-in=16}`` and ``tile{scale=column}``): every matrix layer analog with

@@ -687,8 +687,12 @@ def test_check_tiles_without_levels_like_compile(sample: str, target_name: str) 
     for key in ("tiles", "placement"):
         assert check.context.report[key] == full.context.report[key]
 
+    def plain(value: Any) -> Any:
+        return value.tolist() if isinstance(value, np.ndarray) else value
+
     def structure(module: Module) -> list[tuple[str, dict[str, Any], list[TensorType]]]:
-        return [(op.name, dict(op.attributes), [r.type for r in op.results]) for op in module.ops]
+        return [(op.name, {k: plain(v) for k, v in op.attributes.items()}, [r.type for r in op.results])
+                for op in module.ops]
 
     assert structure(check.module) == structure(full.module)
     placeholders = [c for c in check.module.constants.values() if c.data is None]
