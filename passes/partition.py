@@ -3,7 +3,8 @@
 Static-weight Conv/ConvTranspose/Gemm/MatMul go analog unless the user pins them digital, they are
 too small to pay for the conversions, or they would waste the arrays (a depthwise convolution uses
 a handful of cells per array: ``min-utilization`` applies to grouped convolutions, whose groups each
-take their own arrays; small dense layers are ``min-macs``'s business), or they sum too few inputs per
+take their own arrays, and by default one under 1 % utilisation stays digital; small dense layers are
+``min-macs``'s business), or they sum too few inputs per
 output (``min-fan-in``: an output of K inputs adds K devices' signals, so programming noise, read noise
 and the spread of drift exponents average down only as 1/sqrt(K); a 3×3 single-channel convolution's 9
 devices per output do not hide them). Everything else is digital with the reason recorded. Each op gets
@@ -46,7 +47,10 @@ class Partition(Pass):
     name: ClassVar[str] = "partition"
     min_macs: int = 0
     keep_digital: tuple[str, ...] = ()
-    min_utilization: float = 0.0
+    #: Assumption: a grouped convolution that would leave its arrays 99 % empty (depthwise: 9 cells
+    #: of 65,536 per group on 256×256) costs whole arrays, ADCs and their energy for a few MACs each;
+    #: the digital unit does it cheaper. Set 0 to map every group anyway.
+    min_utilization: float = 0.01
     min_fan_in: int = 0
 
     def classify(self, module: Module, op: Op, target: Any) -> tuple[str, str]:
@@ -78,7 +82,7 @@ class Partition(Pass):
             used = array_utilization(view, *geometry)
             if used < self.min_utilization:
                 return "digital", (
-                    f"too wasteful: array utilisation {used:.1%} < min-utilization={self.min_utilization:g}"
+                    f"too wasteful: array utilisation {used:.3%} < min-utilization={self.min_utilization:g}"
                 )
         return "analog", f"static-weight {view.kind}"
 

@@ -126,3 +126,14 @@ def test_fold_batchnorm_into_grouped_conv_and_conv_transpose_matches_onnxruntime
         compile_module(module, None, passes=parse_pipeline("fold-batchnorm").instantiate())
         assert not any(op.name == "nn.batch_normalization" for op in module.ops)
         np.testing.assert_allclose(run_module(module, {"x": x})["z"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_convolutions_stay_digital_by_default() -> None:
+    """One array per group at 9 used cells of 65,536: the default ``min-utilization`` (1 %) keeps it
+    digital; ``min-utilization=0`` maps it anyway."""
+    module = import_model(model_with_depthwise_and_attention())
+    regions, _ = partitioned(module, "partition")
+    assert regions["depthwise"][0] == "digital" and "min-utilization=0.01" in regions["depthwise"][1]
+    assert regions["pointwise"][0] == "analog"
+    regions, _ = partitioned(import_model(model_with_depthwise_and_attention()), "partition{min-utilization=0}")
+    assert regions["depthwise"][0] == "analog"
