@@ -233,10 +233,17 @@ _COMPARE: dict[str, Callable[[Array, Array], Array]] = {
 }
 
 
-@impl(*_COMPARE)
-def compare(op: Op, args: Sequence[Array | None]) -> list[Array]:
-    a, b = np.asarray(args[0]), np.asarray(args[1])
-    return [to_dtype(_COMPARE[op.name](a, b), np.dtype(bool))]
+def register_predicates(table: dict[str, Callable[[Array, Array], Array]]) -> None:
+    """Implement each op of ``table`` as a broadcasting comparison or logic op with a ``bool`` result."""
+
+    def predicate(op: Op, args: Sequence[Array | None]) -> list[Array]:
+        a, b = np.asarray(args[0]), np.asarray(args[1])
+        return [to_dtype(table[op.name](a, b), np.dtype(bool))]
+
+    impl(*table)(predicate)
+
+
+register_predicates(_COMPARE)
 
 
 _VARIADIC: dict[str, Callable[[Array, Array], Array]] = {"nn.min": np.minimum, "nn.max": np.maximum}

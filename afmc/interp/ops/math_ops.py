@@ -15,7 +15,7 @@ import numpy as np
 from ...ir.core import Op
 from ..registry import impl
 from .common import ints, norm_axis, to_dtype
-from .elementwise import register_unary
+from .elementwise import register_predicates, register_unary
 
 Array = np.ndarray
 
@@ -70,11 +70,7 @@ _BINARY_BOOL: dict[str, Callable[[Array, Array], Array]] = {
 }
 
 
-@impl(*_BINARY_BOOL)
-def binary_bool(op: Op, args: Sequence[Array | None]) -> list[Array]:
-    """Broadcasting comparisons and logic with a ``bool`` result."""
-    a, b = np.asarray(args[0]), np.asarray(args[1])
-    return [to_dtype(_BINARY_BOOL[op.name](a, b), np.dtype(bool))]
+register_predicates(_BINARY_BOOL)
 
 
 @impl("nn.sum", "nn.mean")
