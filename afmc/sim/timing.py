@@ -505,73 +505,92 @@ def simulate(graph: TaskGraph, n: int, trace: bool = False) -> Run:
 def simulate_events(graph: TaskGraph, n: int, trace: bool = False) -> Run:
     """The plain event loop behind `simulate`: one heap event per task and inference."""
     size = graph.size
-    dur, res, succs = graph.duration, graph.resource, graph.succs
     total = n * size
-    remaining = [len(p) for p in graph.preds] * n
     ready_at = list(graph.release) * n
     start = [0.0] * total
     binder = [-1] * total if trace else None
-    free = list(graph.resource_capacity)
-    waiting: list[list[tuple[int, int, int]]] = [[] for _ in free]
-    last_done = [-1] * len(free)
-    events: list[tuple[float, int, int, int]] = []
-    seq = 0
-    sources = [i for i in range(size) if not graph.preds[i]]
-    for k in range(n):
-        for i in sources:
-            events.append((ready_at[k * size + i], seq, k * size + i, _READY))
-            seq += 1
-    heapq.heapify(events)
-    push, pop = heapq.heappush, heapq.heappop
-
-    while events:
-        now = events[0][0]
-        touched: list[int] = []
-        while events and events[0][0] == now:
-            _, _, tid, kind = pop(events)
-            i = tid % size
-            r = res[i]
-            if kind == _READY:
-                if r >= 0:
-                    push(waiting[r], (tid // size, i, tid))
-                    if r not in touched:
-                        touched.append(r)
-                    continue
-                start[tid] = now  # zero-cost task: done on arrival
-            else:
-                free[r] += 1
-                last_done[r] = tid
-                if r not in touched:
-                    touched.append(r)
-            base = tid - i
-            for s, delay in succs[i]:
-                sid = base + s
-                arrival = now + delay
-                if arrival > ready_at[sid]:
-                    ready_at[sid] = arrival
-                    if binder is not None:
-                        binder[sid] = tid
-                elif binder is not None and binder[sid] < 0 and arrival == ready_at[sid]:
-                    binder[sid] = tid
-                remaining[sid] -= 1
-                if remaining[sid] == 0:
-                    push(events, (ready_at[sid], seq, sid, _READY))
-                    seq += 1
-        for r in touched:
-            queue = waiting[r]
-            while free[r] and queue:
-                _, i, tid = pop(queue)
-                free[r] -= 1
-                start[tid] = now
-                if binder is not None and ready_at[tid] < now:
-                    binder[tid] = last_done[r]  # it waited for the resource
-                push(events, (now + dur[i], seq, tid, _DONE))
-                seq += 1
-
+    sources = [k * size + i for k in range(n) for i in range(size) if not graph.preds[i]]
+    loop = _EventLoop(graph, graph.succs, [len(p) for p in graph.preds] * n, ready_at, start, binder)
+    loop.run(sources)
     starts = np.asarray(start, np.float64).reshape(n, size)
-    finish = starts + np.asarray(dur, np.float64)[None, :]
+    finish = starts + np.asarray(graph.duration, np.float64)[None, :]
     completion = (finish + np.asarray(graph.tail, np.float64)[None, :]).max(axis=1) if size else np.zeros(n)
     return Run(n, starts, finish, completion, np.asarray(binder, np.int64) if binder is not None else None)
+
+
+class _EventLoop:
+    """Tasks (task id = inference · size + task) become ready when their last predecessor's output
+    arrives, wait for their resource (first by inference, then by task) and hold it for their duration;
+    a task without a resource is done on arrival. ``on_done(tid, now)`` hears every finished task;
+    ``binder`` (tracing) records, for each task, the task it last waited for."""
+
+    def __init__(self, graph: TaskGraph, succs: Sequence[Sequence[tuple[int, float]]], remaining: list[int],
+                 ready_at: list[float], start: list[float], binder: list[int] | None = None,
+                 on_done: Callable[[int, float], None] | None = None) -> None:
+        self.graph, self.succs, self.remaining, self.ready_at = graph, succs, remaining, ready_at
+        self.start, self.binder, self.on_done = start, binder, on_done
+        self.events: list[tuple[float, int, int, int]] = []
+        self._seq = 0
+
+    def ready(self, tid: int) -> None:
+        """Task ``tid`` has all its inputs: queue its ready event at ``ready_at[tid]``."""
+        heapq.heappush(self.events, (self.ready_at[tid], self._seq, tid, _READY))
+        self._seq += 1
+
+    def run(self, sources: Sequence[int]) -> None:
+        graph, succs, remaining, ready_at = self.graph, self.succs, self.remaining, self.ready_at
+        start, binder, on_done, events = self.start, self.binder, self.on_done, self.events
+        size, dur, res = graph.size, graph.duration, graph.resource
+        free = list(graph.resource_capacity)
+        waiting: list[list[tuple[int, int, int]]] = [[] for _ in free]
+        last_done = [-1] * len(free)
+        for tid in sources:
+            self.ready(tid)
+        push, pop = heapq.heappush, heapq.heappop
+        while events:
+            now = events[0][0]
+            touched: list[int] = []
+            while events and events[0][0] == now:
+                _, _, tid, kind = pop(events)
+                i = tid % size
+                r = res[i]
+                if kind == _READY:
+                    if r >= 0:
+                        push(waiting[r], (tid // size, i, tid))
+                        if r not in touched:
+                            touched.append(r)
+                        continue
+                    start[tid] = now  # zero-cost task: done on arrival
+                else:
+                    free[r] += 1
+                    last_done[r] = tid
+                    if r not in touched:
+                        touched.append(r)
+                base = tid - i
+                for s, delay in succs[i]:
+                    sid = base + s
+                    arrival = now + delay
+                    if arrival > ready_at[sid]:
+                        ready_at[sid] = arrival
+                        if binder is not None:
+                            binder[sid] = tid
+                    elif binder is not None and binder[sid] < 0 and arrival == ready_at[sid]:
+                        binder[sid] = tid
+                    remaining[sid] -= 1
+                    if remaining[sid] == 0:
+                        self.ready(sid)
+                if on_done is not None:
+                    on_done(tid, now)
+            for r in touched:
+                queue = waiting[r]
+                while free[r] and queue:
+                    _, i, tid = pop(queue)
+                    free[r] -= 1
+                    start[tid] = now
+                    if binder is not None and ready_at[tid] < now:
+                        binder[tid] = last_done[r]  # it waited for the resource
+                    push(events, (now + dur[i], self._seq, tid, _DONE))
+                    self._seq += 1
 
 
 class _Reordered(Exception):
@@ -657,33 +676,20 @@ def _simulate_grouped(graph: TaskGraph, n: int) -> Run | None:
     if not groups:
         return None
     size = graph.size
-    dur, res = graph.duration, graph.resource
     is_member = member.tolist()
     succs = [[(s, d) for s, d in graph.succs[i] if not is_member[s]] for i in range(size)]
     remaining = [len(p) for p in graph.preds] * n
     ready_at = list(graph.release) * n
     start_flat = [0.0] * (n * size)
     starts = np.zeros((n, size))
-    free = list(graph.resource_capacity)
-    waiting: list[list[tuple[int, int, int]]] = [[] for _ in free]
-    events: list[tuple[float, int, int, int]] = []
-    seq = 0
     release = np.asarray(graph.release, np.float64)
     g_ready = [[release[g.members].copy() for _ in range(n)] for g in groups]
     g_remaining = [[g.delays.shape[0]] * n for g in groups]
     g_next = [0] * len(groups)
     g_last_ready: list[np.ndarray | None] = [None] * len(groups)
     g_last_finish: list[np.ndarray | None] = [None] * len(groups)
-    for k in range(n):
-        for i in range(size):
-            if not graph.preds[i] and not is_member[i]:
-                events.append((ready_at[k * size + i], seq, k * size + i, _READY))
-                seq += 1
-    heapq.heapify(events)
-    push, pop = heapq.heappush, heapq.heappop
 
     def run_group(g: int, k: int) -> None:
-        nonlocal seq
         group = groups[g]
         if g_next[g] != k:
             raise _Reordered
@@ -707,60 +713,30 @@ def _simulate_grouped(graph: TaskGraph, n: int) -> Run | None:
             ready_at[sid] = max(ready_at[sid], latest)
             remaining[sid] -= count
             if remaining[sid] == 0:
-                push(events, (ready_at[sid], seq, sid, _READY))
-                seq += 1
+                loop.ready(sid)
 
+    def feed_groups(tid: int, now: float) -> None:
+        """A producer of some groups finished: their members' ready times move; a group whose
+        producers are all done runs."""
+        k = tid // size
+        for g, row in feeds[tid % size]:
+            ready = g_ready[g][k]
+            np.maximum(ready, now + groups[g].delays[row], out=ready)
+            g_remaining[g][k] -= 1
+            if g_remaining[g][k] == 0:
+                run_group(g, k)
+
+    loop = _EventLoop(graph, succs, remaining, ready_at, start_flat, on_done=feed_groups)
+    sources = [k * size + i for k in range(n) for i in range(size) if not graph.preds[i] and not is_member[i]]
     try:
-        while events:
-            now = events[0][0]
-            touched: list[int] = []
-            while events and events[0][0] == now:
-                _, _, tid, kind = pop(events)
-                i = tid % size
-                r = res[i]
-                if kind == _READY:
-                    if r >= 0:
-                        push(waiting[r], (tid // size, i, tid))
-                        if r not in touched:
-                            touched.append(r)
-                        continue
-                    start_flat[tid] = now
-                else:
-                    free[r] += 1
-                    if r not in touched:
-                        touched.append(r)
-                base = tid - i
-                for s, delay in succs[i]:
-                    sid = base + s
-                    arrival = now + delay
-                    ready_at[sid] = max(ready_at[sid], arrival)
-                    remaining[sid] -= 1
-                    if remaining[sid] == 0:
-                        push(events, (ready_at[sid], seq, sid, _READY))
-                        seq += 1
-                if feeds[i]:
-                    k = tid // size
-                    for g, row in feeds[i]:
-                        ready = g_ready[g][k]
-                        np.maximum(ready, now + groups[g].delays[row], out=ready)
-                        g_remaining[g][k] -= 1
-                        if g_remaining[g][k] == 0:
-                            run_group(g, k)
-            for r in touched:
-                queue = waiting[r]
-                while free[r] and queue:
-                    _, i, tid = pop(queue)
-                    free[r] -= 1
-                    start_flat[tid] = now
-                    push(events, (now + dur[i], seq, tid, _DONE))
-                    seq += 1
+        loop.run(sources)
     except _Reordered:
         return None
     if any(nxt != n for nxt in g_next):
         return None  # a group never ran: a cycle or a missing producer; the plain loop tells
     flat = np.asarray(start_flat, np.float64).reshape(n, size)
     starts[:, ~member] = flat[:, ~member]
-    finish = starts + np.asarray(dur, np.float64)[None, :]
+    finish = starts + np.asarray(graph.duration, np.float64)[None, :]
     completion = (finish + np.asarray(graph.tail, np.float64)[None, :]).max(axis=1)
     return Run(n, starts, finish, completion, None)
 
