@@ -37,11 +37,15 @@ def _const(module: Module, array: np.ndarray, like: np.ndarray, hint: str, loc: 
     return module.add_constant(array.astype(like.dtype), hint, loc)[1]
 
 
-def _constant_bias(module: Module, op: Op) -> tuple[bool, np.ndarray | None]:
-    """(usable, bias): a bias operand that is not a constant makes the op unfoldable."""
+def _weight_and_bias(module: Module, op: Op) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The op's constant weight and bias (None when it has none), or None when either operand is
+    computed at run time (then the op cannot absorb the normalisation)."""
+    weight = module.constant_of(op.operands[1])
     value = op.operands[2] if len(op.operands) > 2 else None
     bias = module.constant_of(value)
-    return value is None or bias is not None, bias
+    if weight is None or (value is not None and bias is None):
+        return None
+    return weight, bias
 
 
 def _rewire(module: Module, op: Op, weight: np.ndarray, scaled: np.ndarray, bias: np.ndarray) -> list[Op]:
@@ -57,20 +61,20 @@ def _rewire(module: Module, op: Op, weight: np.ndarray, scaled: np.ndarray, bias
 
 @folder("nn.conv")
 def fold_into_conv(module: Module, op: Op, a: np.ndarray, b: np.ndarray) -> list[Op] | None:
-    weight = module.constant_of(op.operands[1])
-    usable, bias = _constant_bias(module, op)
-    if weight is None or not usable:
+    found = _weight_and_bias(module, op)
+    if found is None:
         return None
+    weight, bias = found
     old_bias = bias if bias is not None else np.zeros(weight.shape[0], weight.dtype)
     return _rewire(module, op, weight, weight * a.reshape((-1,) + (1,) * (weight.ndim - 1)), old_bias * a + b)
 
 
 @folder("nn.conv_transpose")
 def fold_into_conv_transpose(module: Module, op: Op, a: np.ndarray, b: np.ndarray) -> list[Op] | None:
-    weight = module.constant_of(op.operands[1])
-    usable, bias = _constant_bias(module, op)
-    if weight is None or not usable:
+    found = _weight_and_bias(module, op)
+    if found is None:
         return None
+    weight, bias = found
     group = int(op.attr("group", 1))
     c_in, c_out_g = weight.shape[:2]
     grouped = weight.reshape((group, c_in // group, c_out_g) + weight.shape[2:])
@@ -81,24 +85,14 @@ def fold_into_conv_transpose(module: Module, op: Op, a: np.ndarray, b: np.ndarra
 
 @folder("nn.gemm")
 def fold_into_gemm(module: Module, op: Op, a: np.ndarray, b: np.ndarray) -> list[Op] | None:
-    weight = module.constant_of(op.operands[1])
-    if weight is None or op.result.type.rank != 2:
+    found = _weight_and_bias(module, op)
+    if found is None or op.result.type.rank != 2:
         return None
-    c_value = op.operands[2] if len(op.operands) > 2 else None
-    bias = module.constant_of(c_value)
-    if c_value is not None and bias is None:
-        return None
+    weight, bias = found
     scaled = weight * (a[:, None] if op.attr("transB") == 1 else a[None, :])
-    new_weight = _const(module, scaled, weight, f"{op.loc}.weight.bn", op.loc)
-    beta = float(op.attr("beta", 1.0))
-    old_bias = beta * bias if bias is not None else np.zeros(a.shape, np.float64)
-    new_bias = _const(module, old_bias * a + b, weight, f"{op.loc}.bias.bn", op.loc)
-    while len(op.operands) < 3:
-        op.operands.append(None)
-    op.set_operand(1, new_weight.result)
-    op.set_operand(2, new_bias.result)
-    op.set_attrs(beta=1.0)
-    return [new_weight, new_bias, op]
+    old_bias = float(op.attr("beta", 1.0)) * bias if bias is not None else np.zeros(a.shape, np.float64)
+    op.set_attrs(beta=1.0)  # the new bias already carries beta
+    return _rewire(module, op, weight, scaled, old_bias * a + b)
 
 
 @folder("nn.matmul")
