@@ -360,11 +360,6 @@ class LayerPlan:
     def arrays(self) -> int:
         return self.view.groups * len(self.rows) * len(self.cols) * self.slices
 
-    @property
-    def mvms(self) -> int:
-        """Array reads one copy of each array does per inference."""
-        return self.view.vectors * self.input_slices
-
     def cycles(self, replicas: int) -> int:
         return -(-self.view.vectors // replicas) * self.input_slices
 
@@ -377,7 +372,10 @@ def _lowered(module: Module, op: Op) -> tuple[MatrixView, Lowering]:
 
 
 def plan_layer(module: Module, op: Op, target: Any) -> LayerPlan:
-    view, _ = _lowered(module, op)
+    """Shapes only: the weights are lowered (and an op that cannot be is refused) by `emit_layer`."""
+    view = matrix_view(module, op)
+    if view is None:
+        raise PassError(f"tile: {op.name} is marked analog but has no constant weight matrix", node=op.loc or None)
     array = target.array
     usable = array.cols - (1 if array.encoding == "offset" else 0)
     rows = near_equal_splits(view.rows, -(-view.rows // array.rows))
