@@ -400,9 +400,9 @@ class Calibrate(Pass):
                 peak = float(np.max(np.abs(unfolded))) if unfolded.size else 0.0
                 state.input_scale = _search_octaves(scorer, peak)
             else:
-                state.input_scale = scorer.best([self._input_scale(unfolded, mode) for mode in ("max", "percentile", "std")])
+                state.input_scale = scorer.best(list(self._input_scales(unfolded).values()))
         elif self.input_range != "dynamic":
-            state.input_scale = self._input_scale(unfolded, self.input_range)
+            state.input_scale = self._input_scales(unfolded)[self.input_range]
         sim.set_input_scale(layer, state.input_scale)
         if self.adc == "target":
             sim.noise_calls = calls
@@ -414,18 +414,17 @@ class Calibrate(Pass):
             self._measure_reference(sim, layer, state)
         return outputs, reference
 
-    def _input_scale(self, unfolded: np.ndarray, mode: str) -> float:
-        x = np.abs(np.asarray(unfolded, np.float64)).reshape(-1)
+    def _input_scales(self, unfolded: np.ndarray) -> dict[str, float]:
+        """The static scale of each data-driven mode (``max``, ``percentile``, ``std``) from one pass
+        over |x|; all 1.0 when the inputs are all zero or not finite."""
+        x64 = np.asarray(unfolded, np.float64).reshape(-1)
+        x = np.abs(x64)
         peak = float(x.max()) if x.size else 0.0
         if peak <= 0 or not math.isfinite(peak):
-            return 1.0
-        if mode == "max":
-            scale = peak
-        elif mode == "percentile":
-            scale = float(np.percentile(x, self.percentile))
-        else:
-            scale = min(peak, self.std * float(np.std(np.asarray(unfolded, np.float64))))
-        return float(scale) if scale > 0 else peak
+            return dict.fromkeys(("max", "percentile", "std"), 1.0)
+        scales = {"max": peak, "percentile": float(np.percentile(x, self.percentile)),
+                  "std": min(peak, self.std * float(np.std(x64)))}
+        return {mode: scale if scale > 0 else peak for mode, scale in scales.items()}
 
     def _adc_ranges(self, sim: Any, layer: Any, unfolded: np.ndarray, reference: dict[int, np.ndarray],
                     calls: int) -> tuple[dict[int, np.ndarray], dict[int, float]]:
