@@ -53,6 +53,12 @@ class Partition(Pass):
     min_utilization: float = 0.01
     min_fan_in: int = 0
 
+    def __post_init__(self) -> None:
+        if self.min_macs < 0 or self.min_fan_in < 0:
+            raise ValueError(f"min-macs and min-fan-in must be >= 0, got {self.min_macs} and {self.min_fan_in}")
+        if not 0.0 <= self.min_utilization <= 1.0:
+            raise ValueError(f"min-utilization must be in [0, 1], got {self.min_utilization}")
+
     def classify(self, module: Module, op: Op, target: Any) -> tuple[str, str]:
         """(region, reason) for one op."""
         if op.name not in MATRIX_OPS:

@@ -26,6 +26,7 @@ Options: ``solver`` (auto | constructive | cpsat | anneal | hierarchical), ``tim
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -189,8 +190,8 @@ class Place(Pass):
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
-        if not self.time_limit > 0:
-            raise ValueError(f"time-limit must be > 0, got {self.time_limit}")
+        if not 0 < self.time_limit < math.inf:
+            raise ValueError(f"time-limit must be a positive number of seconds, got {self.time_limit}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
 

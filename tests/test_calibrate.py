@@ -93,7 +93,7 @@ def test_pass_options_parse_and_print_back() -> None:
     (calibrate,) = parse_pipeline(spec).instantiate()
     assert calibrate == Calibrate(input_range="std", std=3.5, adc="max", columns=False, drift="column", samples=4)
     for bad in ("calibrate{input-range=median}", "calibrate{adc=auto}", "calibrate{drift=local}",
-                "calibrate{percentile=0}", "calibrate{samples=-1}"):
+                "calibrate{percentile=0}", "calibrate{samples=-1}", "calibrate{min-rows=0}"):
         with pytest.raises(UsageError):
             parse_pipeline(bad).instantiate()
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from afmc.errors import ParseError
+from afmc.errors import ParseError, UsageError
 from afmc.pipeline import PASSES, describe_passes, load_passes, parse_pipeline
 
 load_passes()
@@ -65,3 +65,12 @@ def test_every_pass_is_described() -> None:
     rows = describe_passes()
     assert {row["name"] for row in rows} == set(PASSES)
     assert all(row["summary"] for row in rows)
+
+
+@pytest.mark.parametrize("spec", [
+    "partition{min-fan-in=-3}", "partition{min-macs=-1}", "partition{min-utilization=nan}",
+    "partition{min-utilization=1.5}", "place{time-limit=inf}", "place{time-limit=0}",
+])
+def test_out_of_range_pass_options_are_usage_errors(spec: str) -> None:
+    with pytest.raises(UsageError, match=spec.split("{")[1].split("=")[0]):
+        parse_pipeline(spec).instantiate()
