@@ -19,18 +19,14 @@ import numpy as np
 from afmc.errors import FrontendError
 from afmc.ir.core import Module, Op
 from afmc.pipeline import Pass, PassContext, register_pass
+from afmc.registry import registrar
 
 #: Producer op -> folder(module, producer, a, b) returning the ops that replace the producer.
 Folder = Callable[[Module, Op, np.ndarray, np.ndarray], "list[Op] | None"]
 FOLDERS: dict[str, Folder] = {}
 
 
-def folder(name: str) -> Callable[[Folder], Folder]:
-    def register(fn: Folder) -> Folder:
-        FOLDERS[name] = fn
-        return fn
-
-    return register
+folder = registrar(FOLDERS, "batch-norm folders")
 
 
 def _const(module: Module, array: np.ndarray, like: np.ndarray, hint: str, loc: str) -> Op:

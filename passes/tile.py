@@ -26,6 +26,7 @@ from afmc.errors import AfmcError, PassError
 from afmc.ir.core import Module, Op, TensorType, Value
 from afmc.matrix import MatrixView, matrix_view
 from afmc.pipeline import Pass, PassContext, register_pass
+from afmc.registry import registrar
 
 SCALE_MODES = ("layer", "column")
 FLOAT_TYPES = ("f16", "f32", "f64")
@@ -149,12 +150,7 @@ Lowerer = Callable[[Module, Op, np.ndarray], "Lowering | str"]
 LOWERERS: dict[str, Lowerer] = {}
 
 
-def lowerer(name: str) -> Callable[[Lowerer], Lowerer]:
-    def register(fn: Lowerer) -> Lowerer:
-        LOWERERS[name] = fn
-        return fn
-
-    return register
+lowerer = registrar(LOWERERS, "tile lowerings")
 
 
 def _ints(op: Op, key: str, default: Sequence[int]) -> tuple[int, ...]:

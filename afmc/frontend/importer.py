@@ -30,6 +30,7 @@ from ..ir.core import Module, Op, TensorType, Value
 from ..ir.nn import ONNX_TO_NN, OPSET
 from ..ir.verify import check_nn_rules
 from ..ir.verify import max_tensor_bytes as configured_max_tensor_bytes
+from ..registry import registrar
 from .loader import (
     TensorReader,
     check_model_path,
@@ -61,17 +62,8 @@ Handler = Callable[["Importer", NodeProto, str], None]
 HANDLERS: dict[str, Handler] = {}
 
 
-def handles(*op_types: str) -> Callable[[Handler], Handler]:
-    """Register an import handler for ONNX op types that need more than the generic lowering."""
-
-    def register(fn: Handler) -> Handler:
-        for op_type in op_types:
-            if op_type in HANDLERS:
-                raise ValueError(f"two import handlers for {op_type}")
-            HANDLERS[op_type] = fn
-        return fn
-
-    return register
+#: Register an import handler for ONNX op types that need more than the generic lowering.
+handles = registrar(HANDLERS, "import handlers")
 
 
 # -- public API --------------------------------------------------------------------------------
@@ -978,13 +970,7 @@ NodeCheck = Callable[[Mapping[str, Any], Sequence["Value | None"]], None]
 NODE_CHECKS: dict[str, NodeCheck] = {}
 
 
-def checks_node(*op_types: str) -> Callable[[NodeCheck], NodeCheck]:
-    def register(fn: NodeCheck) -> NodeCheck:
-        for op_type in op_types:
-            NODE_CHECKS[op_type] = fn
-        return fn
-
-    return register
+checks_node = registrar(NODE_CHECKS, "node checks")
 
 
 @checks_node("Transpose")
@@ -1006,13 +992,7 @@ ShapeFix = Callable[
 SHAPE_FIXES: dict[str, ShapeFix] = {}
 
 
-def fixes_shape(*op_types: str) -> Callable[[ShapeFix], ShapeFix]:
-    def register(fn: ShapeFix) -> ShapeFix:
-        for op_type in op_types:
-            SHAPE_FIXES[op_type] = fn
-        return fn
-
-    return register
+fixes_shape = registrar(SHAPE_FIXES, "shape fixes")
 
 
 @fixes_shape("MaxPool", "AveragePool")

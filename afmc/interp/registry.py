@@ -12,20 +12,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..ir.core import Op
+from ..registry import registrar
 
 Impl = Callable[[Op, Sequence["np.ndarray | None"]], list[np.ndarray]]
 
 IMPLS: dict[str, Impl] = {}
 
 
-def impl(*names: str) -> Callable[[Impl], Impl]:
-    """Register ``fn`` as the implementation of each op in ``names``."""
-
-    def register(fn: Impl) -> Impl:
-        for name in names:
-            if name in IMPLS:
-                raise ValueError(f"{name} has two implementations")
-            IMPLS[name] = fn
-        return fn
-
-    return register
+#: Register ``fn`` as the implementation of each op in ``names``.
+impl = registrar(IMPLS, "implementations")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError, VerifyError
+from ..registry import registrar
 from . import dtypes, nn, xbar, xbar_calibration  # noqa: F401  (register the dialects)
 from .core import Module, Op, Value
 from .dialects import OPS
@@ -248,13 +249,7 @@ def _verify_nn(op: Op) -> None:
 NN_RULES: dict[str, Callable[[Op], None]] = {}
 
 
-def nn_rule(*names: str) -> Callable[[Callable[[Op], None]], Callable[[Op], None]]:
-    def register(fn: Callable[[Op], None]) -> Callable[[Op], None]:
-        for name in names:
-            NN_RULES[name] = fn
-        return fn
-
-    return register
+nn_rule = registrar(NN_RULES, "nn rules")
 
 
 def check_nn_rules(op: Op) -> None:

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from ..ir.core import Module, Op, Value
+from ..registry import registrar
 
 __all__ = [
     "ASSUMPTIONS",
@@ -114,15 +115,8 @@ OpCounter = Callable[[Op], int]
 DIGITAL_OPS: dict[str, OpCounter] = {}
 
 
-def counts(*names: str) -> Callable[[OpCounter], OpCounter]:
-    """Register the op count of the named ops."""
-
-    def register(fn: OpCounter) -> OpCounter:
-        for name in names:
-            DIGITAL_OPS[name] = fn
-        return fn
-
-    return register
+#: Register the op count of the named ops.
+counts = registrar(DIGITAL_OPS, "op counts")
 
 
 def _numel(value: Value | None) -> int:
