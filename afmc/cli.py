@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -29,16 +30,17 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def parse_input_shapes(specs: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    """``NAME=1x3x224x224`` (repeatable) into a dict; bad syntax names the offending spec."""
+    """``NAME=1x3x224x224`` or ``NAME=1,3,224,224`` (repeatable) into a dict; bad syntax names the
+    offending spec. The name is everything before the last ``=`` (ONNX names may hold ``:`` or ``x``)."""
     shapes: dict[str, tuple[int, ...]] = {}
     for spec in specs:
         name, sep, dims = spec.rpartition("=")
         try:
-            shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+            shape = tuple(int(d) for d in re.split(r"[x,]", dims.lower())) if dims else ()
         except ValueError:
             shape = ()
         if not sep or not name or not shape or any(d <= 0 for d in shape):
-            raise UsageError(f"--input-shape '{spec}': expected NAME=D1xD2x... with positive dimensions")
+            raise UsageError(f"--input-shape '{spec}': expected NAME=D1xD2x... (or D1,D2,...) with positive dimensions")
         if name in shapes:
             raise UsageError(f"--input-shape: input '{name}' is given twice")
         shapes[name] = shape

@@ -154,6 +154,8 @@ def test_instruments_print_and_dump(tmp_path: Path, capsys: pytest.CaptureFixtur
         (lambda d: _write(d / "trunc.onnx", sample_path("cnn_digits").read_bytes()[:500]), [], "not an ONNX model"),
         (lambda d: sample_path("cnn_digits"), [], "dynamic dimensions"),
         (lambda d: sample_path("cnn_digits"), ["--input-shape", "input=1xx8"], "--input-shape"),
+        (lambda d: sample_path("cnn_digits"), ["--input-shape", "input=1,,8"], "--input-shape"),
+        (lambda d: sample_path("cnn_digits"), ["--input-shape", "input=1,0,8,8"], "--input-shape"),
         (lambda d: sample_path("cnn_digits"), ["--input-shape", "nope=1x1x8x8"], "nope"),
         (lambda d: sample_path("cnn_digits"), ["--target", "nope"], "unknown target 'nope'"),
         (lambda d: sample_path("cnn_digits"), ["--pipeline", "canonicalize,tilee"], "unknown pass 'tilee'"),
@@ -170,6 +172,17 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "Traceback" not in err
     if "--pipeline" not in args:
         assert len(lines) == 1
+
+
+def test_input_shape_takes_x_or_commas(capsys: pytest.CaptureFixture[str]) -> None:
+    model = str(sample_path("cnn_digits"))
+    reports = []
+    for spec in ("input=2x1x8x8", "input=2,1,8,8", "input=2X1,8x8"):
+        code, out, err = run_main(["check", model, "--target", "pcm", "--format", "json", "--input-shape", spec], capsys)
+        assert code == 0, err
+        reports.append(json.loads(out))
+    assert reports[0] == reports[1] == reports[2]
+    assert reports[0]["tiles"]["required"] == HAND_TILES[("cnn_digits", "pcm")]
 
 
 def test_unsupported_ops_are_listed_in_one_go(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

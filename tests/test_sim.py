@@ -569,6 +569,26 @@ def test_run_model_in_chunks_equals_one_batch() -> None:
     assert rel_err(parts.outputs()["logits"], whole.outputs()["logits"]) <= 1e-5
 
 
+def test_cli_run_model_with_input_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A MODEL with dynamic dimensions runs on seeded sample inputs of the --input-shape shapes."""
+    out = tmp_path / "out.npz"
+    args = ["run", str(sample_path("cnn_digits")), "--target", "pcm", "--pipeline", PIPELINE, "--ideal",
+            "--reference", "--format", "json", "--input-shape", "input=3,1,8,8"]
+    code = main([*args, "--outputs", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    doc = json.loads(captured.out)
+    assert doc["inputs"] == 3 and doc["results"][0]["metrics"]["logits"]["cosine"]["mean"] > 0.999
+    with np.load(out, allow_pickle=False) as saved:
+        assert saved["logits"].shape == (3, 10)
+    code = main([*args, "--inputs", str(Path(sample_path("cnn_digits")).with_name("cnn_digits_test.npz"))])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("afmc: error: --input-shape") and len(err.splitlines()) == 1
+    code = main(["run", str(sample_path("cnn_digits")), "--target", "pcm"])
+    err = capsys.readouterr().err
+    assert code == 2 and "dynamic dimensions" in err and "--input-shape input=" in err
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sim") / "cnn.afmc"

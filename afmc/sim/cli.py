@@ -56,6 +56,9 @@ def is_bundle(path: Path) -> bool:
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Class labels .npz ('labels' array) for accuracy.")
 @click.option("--pipeline", metavar="SPEC", help="Pass pipeline for a MODEL (default: the target's).")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=1x3x224x224",
+              help="Static shape for a MODEL input with dynamic dimensions, run on seeded sample inputs "
+                   "(repeatable; with --inputs the shapes are the arrays').")
 @click.option("--batch", type=click.IntRange(1), default=512, show_default=True,
               help="Largest batch a MODEL is compiled for; more inputs run in chunks.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -64,7 +67,7 @@ def run_command(
     source: Path, target: str | None, inputs_path: Path | None, outputs_path: Path | None,
     t_inference: tuple[str, ...], seed: int | None, samples: int, ideal: bool, disabled: tuple[str, ...],
     out_noise: float | None, drift_compensation: str, reference: bool, model_path: Path | None,
-    labels_path: Path | None, pipeline: str | None, batch: int, fmt: str, force: bool,
+    labels_path: Path | None, pipeline: str | None, input_shape: tuple[str, ...], batch: int, fmt: str, force: bool,
 ) -> None:
     """Simulate BUNDLE (or MODEL, compiled for --target) with the target's non-ideal arrays.
 
@@ -73,7 +76,7 @@ def run_command(
     """
     try:
         result = _run(source, target, inputs_path, t_inference, seed, samples, ideal, disabled, out_noise,
-                      drift_compensation, reference, model_path, labels_path, pipeline, batch)
+                      drift_compensation, reference, model_path, labels_path, pipeline, input_shape, batch)
         if outputs_path is not None:
             _write_outputs(outputs_path, result, force)
     except AfmcError as exc:
@@ -89,7 +92,8 @@ def run_command(
 def _run(source: Path, target: str | None, inputs_path: Path | None, t_inference: tuple[str, ...], seed: int | None,
          samples: int, ideal: bool, disabled: tuple[str, ...], out_noise: float | None, drift_compensation: str,
          reference: bool, model_path: Path | None, labels_path: Path | None, pipeline: str | None,
-         batch: int) -> RunResult:
+         input_shape: tuple[str, ...], batch: int) -> RunResult:
+    from ..cli import parse_input_shapes
     from .run import run_bundle, run_model
 
     times = [parse_duration(t) for t in t_inference] or [0.0]
@@ -104,6 +108,8 @@ def _run(source: Path, target: str | None, inputs_path: Path | None, t_inference
     if is_bundle(source):
         if pipeline is not None:
             raise UsageError("--pipeline applies to a MODEL; a bundle is already compiled")
+        if input_shape:
+            raise UsageError("--input-shape applies to a MODEL; a bundle is compiled for its shapes")
         try:
             manifest = json.loads((source / "manifest.json").read_text())
         except (OSError, ValueError) as exc:
@@ -124,9 +130,12 @@ def _run(source: Path, target: str | None, inputs_path: Path | None, t_inference
         raise UsageError("--target is required to run a MODEL (a bundle carries its target)")
     if model_path is not None:
         raise UsageError("--model applies to a BUNDLE; the MODEL itself is the reference")
+    shapes = parse_input_shapes(input_shape)
+    if shapes and inputs_path is not None:
+        raise UsageError("--input-shape: with --inputs the shapes are those of the input arrays")
     inputs = load_inputs(inputs_path, model_input_names(source)) if inputs_path is not None else None
     return run_model(source, target, inputs, options=options, times=times, reference=reference, labels=labels,
-                     pipeline=pipeline, batch=batch)
+                     pipeline=pipeline, batch=batch, input_shapes=shapes or None)
 
 
 def _write_outputs(path: Path, result: RunResult, force: bool) -> None:

@@ -379,18 +379,22 @@ def run_model(
     labels: np.ndarray | None = None,
     pipeline: str | None = None,
     batch: int = 512,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> RunResult:
     """Compile an ONNX model for ``target`` (a spec or a name) and simulate it on ``inputs``.
 
     Dynamic batch dimensions are compiled at min(rows of the inputs, ``batch``); without ``inputs`` the
-    model must have static shapes and runs on seeded sample inputs (as a bundle would)."""
+    model is compiled for its static shapes, or ``input_shapes`` where it has dynamic dimensions, and runs
+    on seeded sample inputs (as a bundle would)."""
     from ..bundle import sample_inputs
     from ..driver import compile_module, load_module, load_target
 
     options = options or SimOptions()
     spec = load_target(target) if isinstance(target, str) else target
-    shapes = None
+    shapes = dict(input_shapes) if input_shapes else None
     if inputs is not None:
+        if input_shapes:
+            raise AfmcError("input_shapes: with inputs the shapes are those of the input arrays")
         shapes = {}
         for name, array in inputs.items():
             shape = tuple(np.shape(array))
