@@ -4,7 +4,8 @@ Static-weight Conv/ConvTranspose/Gemm/MatMul go analog unless the user pins them
 too small to pay for the conversions, or they would waste the arrays (a depthwise convolution uses
 a handful of cells per array: ``min-utilization`` applies to grouped convolutions, whose groups each
 take their own arrays, and by default one under 1 % utilisation stays digital; small dense layers are
-``min-macs``'s business), or they sum too few inputs per
+``min-macs``'s business), or they are the time steps of a recurrence (``chained_products``: one
+weight read by products that depend on each other), or they sum too few inputs per
 output (``min-fan-in``: an output of K inputs adds K devices' signals, so programming noise, read noise
 and the spread of drift exponents average down only as 1/sqrt(K); a 3×3 single-channel convolution's 9
 devices per output do not hide them). Everything else is digital with the reason recorded. Each op gets
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,6 +26,39 @@ import networkx as nx
 from afmc.ir.core import Module, Op
 from afmc.matrix import MATRIX_OPS, MatrixView, matrix_view
 from afmc.pipeline import Pass, PassContext, register_pass
+
+
+def chained_products(module: Module) -> dict[int, int]:
+    """``id(op) -> n`` for the matrix ops whose constant weight (one pool symbol) is read by ``n``
+    products of which one depends on another: an unrolled recurrence (``afmc.frontend.recurrent``
+    lowers an LSTM's h·Rᵀ to one MatMul per time step, all reading Rᵀ).
+
+    Such products run one after another whatever the hardware, and ``tile`` programs arrays per
+    product: T chained products would be T copies of the same arrays with T−1 idle at any time, so
+    ``partition`` keeps them digital. Products of one weight that do not depend on each other (a
+    weight applied to two branches) are left alone: their copies work in parallel.
+    """
+    groups: dict[str, list[Op]] = {}
+    for op in module.ops:
+        if op.name not in MATRIX_OPS or len(op.operands) < 2 or op.operands[1] is None:
+            continue
+        producer = op.operands[1].producer
+        if producer is not None and producer.name == "nn.constant" and module.constant_of(op.operands[1]) is not None:
+            groups.setdefault(producer.attr("value").name, []).append(op)
+    chained: dict[int, int] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        ids = {id(op) for op in members}
+        reached: set[int] = set()  # values that depend on a product of this weight
+        for op in module.ops:
+            depends = any(v is not None and id(v) in reached for v in op.operands)
+            if depends and id(op) in ids:
+                chained.update((i, len(members)) for i in ids)
+                break
+            if depends or id(op) in ids:
+                reached.update(id(r) for r in op.results)
+    return chained
 
 
 def array_utilization(view: MatrixView, rows: int, usable_cols: int) -> float:
@@ -59,8 +94,11 @@ class Partition(Pass):
         if not 0.0 <= self.min_utilization <= 1.0:
             raise ValueError(f"min-utilization must be in [0, 1], got {self.min_utilization}")
 
-    def classify(self, module: Module, op: Op, target: Any) -> tuple[str, str]:
-        """(region, reason) for one op."""
+    def classify(
+        self, module: Module, op: Op, target: Any, chained: Mapping[int, int] | None = None
+    ) -> tuple[str, str]:
+        """(region, reason) for one op; ``chained`` is `chained_products` of the module (computed
+        here when not given)."""
         if op.name not in MATRIX_OPS:
             return "digital", "no analog implementation (digital unit)"
         view = matrix_view(module, op)
@@ -69,6 +107,13 @@ class Partition(Pass):
         pinned = next((g for g in self.keep_digital if fnmatch.fnmatchcase(op.loc, g)), None)
         if pinned is not None:
             return "digital", f"pinned digital by keep-digital={pinned}"
+        count = (chained_products(module) if chained is None else chained).get(id(op))
+        if count is not None:
+            return "digital", (
+                f"recurrent weight: {count} products of one weight, each needing the one before, run one after "
+                f"another; tiled one by one they would program {count} copies of the same arrays "
+                "(arrays are not shared between products)"
+            )
         if view.macs < self.min_macs:
             return "digital", f"too small: {view.macs} MACs < min-macs={self.min_macs}"
         if view.rows < self.min_fan_in:
@@ -95,10 +140,11 @@ class Partition(Pass):
     def run(self, module: Module, ctx: PassContext) -> None:
         rows: list[dict[str, Any]] = []
         graph = nx.Graph()
+        chained = chained_products(module)
         for op in module.ops:
             if op.name == "nn.constant":
                 continue
-            region, reason = self.classify(module, op, ctx.target)
+            region, reason = self.classify(module, op, ctx.target, chained)
             op.set_attrs(region=region, reason=reason, region_id=None)
             if region == "analog":
                 graph.add_node(id(op))
