@@ -182,7 +182,7 @@ class _Activation:
             return b.mul(inner, b.const(self.alpha), hint)
         if self.name == "Affine":  # alpha * x + beta
             return b.add(b.mul(x, b.const(self.alpha)), b.const(self.beta), hint)
-        given = {k: v for k, v in (("alpha", self.alpha), ("beta", self.beta)) if v is not None}
+        given: dict[str, Any] = {k: v for k, v in (("alpha", self.alpha), ("beta", self.beta)) if v is not None}
         return b.one(self.name, [x], shape, hint, **given)
 
 
@@ -280,7 +280,7 @@ def import_recurrent(imp: Importer, node: NodeProto, loc: str) -> None:
     b = _Builder(imp, loc, dtype)
     sequence = b.transpose(x, (1, 0, 2), "x") if layout else x  # [T, B, I]
     names = ("forward", "reverse") if directions == 2 else (direction,)
-    outputs: list[list[Value]] = []  # per direction: Y [T, B, H] stacked, final H, final C
+    outputs: list[tuple[Value, Value, Value | None]] = []  # per direction: Y [T, B, H], last H, last C
     for d, name in enumerate(names):
         where = f"{loc}/{name}" if directions == 2 else loc
         db = _Builder(imp, where, dtype)
@@ -306,15 +306,14 @@ def import_recurrent(imp: Importer, node: NodeProto, loc: str) -> None:
             h = db.one("Where", [live, new_h, h if h is not None else zeros], (batch, hidden), f"h{t}.kept")
             if new_c is not None:
                 c = db.one("Where", [live, new_c, c if c is not None else zeros], (batch, hidden), f"c{t}.kept")
-        assert h is not None
-        final_c = c if c is not None else None
-        outputs.append([db.stack([y for y in ys if y is not None], 0, "y"), h, final_c])  # type: ignore[list-item]
+        assert h is not None and all(y is not None for y in ys)
+        outputs.append((db.stack([y for y in ys if y is not None], 0, "y"), h, c))
 
     y = b.stack([o[0] for o in outputs], 1, "y")  # [T, D, B, H]
     y_h = b.stack([o[1] for o in outputs], 0, "y_h")  # [D, B, H]
     results: list[Value | None] = [y, y_h]
     if kind == "LSTM":
-        results.append(b.stack([o[2] for o in outputs], 0, "y_c"))
+        results.append(b.stack([o[2] for o in outputs if o[2] is not None], 0, "y_c"))
     if layout:
         results = [
             b.transpose(y, (2, 0, 1, 3), "y_layout"),
@@ -378,7 +377,7 @@ class _Cell:
         return self.b.matmul(h, weight, hint, f"{self.where}/recurrence_{hint}_t{t}")
 
     def step(self, t: int, h: Value | None, c: Value | None) -> tuple[Value, Value | None]:
-        b, hidden = self.b, self.hidden
+        b = self.b
         xt = b.pick(self.projection, t, 0, f"x{t}")  # [B, G·H]
         if self.kind == "RNN":
             return self._act(0, b.add(xt, self._recur(h, self.r_t, t, "r"), f"pre{t}"), f"h{t}"), None
