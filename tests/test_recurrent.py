@@ -261,3 +261,16 @@ def test_omitted_middle_output_gets_a_usable_name() -> None:
     del lstm.graph.output[0]
     got = run_module(import_model(lstm), feeds)
     np.testing.assert_allclose(got["Y_h"], reference(*build("LSTM"))[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("kind", "opset"), [("LSTM", 7), ("GRU", 9), ("RNN", 13)])
+def test_older_opsets_convert(kind: str, opset: int) -> None:
+    """Before opset 14 the ops had no ``layout``; the version converter brings them to 21."""
+    model, feeds = build(kind, "bidirectional")
+    node = model.graph.node[0]
+    kept = [a for a in node.attribute if a.name != "layout"]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    model.opset_import[0].version = opset
+    model.ir_version = 7
+    assert_matches_onnxruntime(model, feeds)
