@@ -1,6 +1,6 @@
 """LSTM, GRU and RNN (``afmc.frontend.recurrent``): lowered at import, equal to onnxruntime to fp32
 rounding for every direction, layout, bias and initial-state combination and the optional features
-exporters emit; the recurrence's chained products stay digital, the input projection and a single
+exporters emit (each imported module verifies and round-trips through its text form); the recurrence's chained products stay digital, the input projection and a single
 step go analog, and the analog simulator runs them exactly (``--ideal``).
 
 onnxruntime refuses ``layout=1``; its reference for such a node is the same node at ``layout=0`` on
@@ -26,6 +26,9 @@ from afmc.cli import main
 from afmc.driver import compile_module
 from afmc.frontend import import_model
 from afmc.interp import run_module
+from afmc.ir.parser import parse_module
+from afmc.ir.printer import print_module
+from afmc.ir.verify import verify
 from afmc.sim.simulator import AnalogSimulator, SimOptions
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -109,7 +112,11 @@ def reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.n
 
 def assert_matches_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> None:
     want = reference(model, feeds)
-    got = run_module(import_model(model), feeds)
+    module = import_model(model)
+    verify(module)
+    text = print_module(module, constants=True)
+    assert print_module(parse_module(text), constants=True) == text
+    got = run_module(module, feeds)
     assert list(got) == [o.name for o in model.graph.output]
     for value, expected in zip(got.values(), want):
         assert value.shape == expected.shape and value.dtype == expected.dtype

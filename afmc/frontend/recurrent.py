@@ -302,10 +302,12 @@ def import_recurrent(imp: Importer, node: NodeProto, loc: str) -> None:
                                                    f"live{t}", result_dtype="bool"), db.const([1], "i64")],
                           (batch, 1), f"live{t}")
             zeros = db.const(np.zeros((batch, hidden)))
-            ys[t] = db.one("Where", [live, new_h, zeros], (batch, hidden), f"y{t}")
-            h = db.one("Where", [live, new_h, h if h is not None else zeros], (batch, hidden), f"h{t}.kept")
+            ys[t] = db.one("Where", [live, new_h, zeros], (batch, hidden), f"y{t}", result_dtype=dtype)
+            h = db.one("Where", [live, new_h, h if h is not None else zeros], (batch, hidden), f"h{t}.kept",
+                       result_dtype=dtype)
             if new_c is not None:
-                c = db.one("Where", [live, new_c, c if c is not None else zeros], (batch, hidden), f"c{t}.kept")
+                c = db.one("Where", [live, new_c, c if c is not None else zeros], (batch, hidden), f"c{t}.kept",
+                           result_dtype=dtype)
         assert h is not None and all(y is not None for y in ys)
         outputs.append((db.stack([y for y in ys if y is not None], 0, "y"), h, c))
 
