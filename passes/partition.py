@@ -4,13 +4,14 @@ Static-weight Conv/ConvTranspose/Gemm/MatMul go analog unless the user pins them
 too small to pay for the conversions, or they would waste the arrays (a depthwise convolution uses
 a handful of cells per array: ``min-utilization`` applies to grouped convolutions, whose groups each
 take their own arrays, and by default one under 1 % utilisation stays digital; small dense layers are
-``min-macs``'s business), or they are the time steps of a recurrence (``chained_products``: one
-weight read by products that depend on each other), or they sum too few inputs per
+``min-macs``'s business), or they sum too few inputs per
 output (``min-fan-in``: an output of K inputs adds K devices' signals, so programming noise, read noise
 and the spread of drift exponents average down only as 1/sqrt(K); a 3×3 single-channel convolution's 9
 devices per output do not hide them). Everything else is digital with the reason recorded. Each op gets
 ``region`` and ``reason`` attributes (and ``region_id`` when analog); the report lists them all and
-counts the analog regions and the analog↔digital crossings.
+counts the analog regions and the analog↔digital crossings. The time steps of a recurrence (one
+weight read by products that depend on each other, `afmc.matrix.recurrent_groups`) are classified
+like any product and say so in their reason: ``tile`` programs one set of arrays for all of them.
 """
 
 from __future__ import annotations
@@ -24,41 +25,14 @@ from typing import Any, ClassVar
 import networkx as nx
 
 from afmc.ir.core import Module, Op
-from afmc.matrix import MATRIX_OPS, MatrixView, matrix_view
+from afmc.matrix import MATRIX_OPS, MatrixView, matrix_view, recurrent_groups
 from afmc.pipeline import Pass, PassContext, register_pass
 
 
-def chained_products(module: Module) -> dict[int, int]:
-    """``id(op) -> n`` for the matrix ops whose constant weight (one pool symbol) is read by ``n``
-    products of which one depends on another: an unrolled recurrence (``afmc.frontend.recurrent``
-    lowers an LSTM's h·Rᵀ to one MatMul per time step, all reading Rᵀ).
-
-    Such products run one after another whatever the hardware, and ``tile`` programs arrays per
-    product: T chained products would be T copies of the same arrays with T−1 idle at any time, so
-    ``partition`` keeps them digital. Products of one weight that do not depend on each other (a
-    weight applied to two branches) are left alone: their copies work in parallel.
-    """
-    groups: dict[str, list[Op]] = {}
-    for op in module.ops:
-        if op.name not in MATRIX_OPS or len(op.operands) < 2 or op.operands[1] is None:
-            continue
-        producer = op.operands[1].producer
-        if producer is not None and producer.name == "nn.constant" and module.constant_of(op.operands[1]) is not None:
-            groups.setdefault(producer.attr("value").name, []).append(op)
-    chained: dict[int, int] = {}
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        ids = {id(op) for op in members}
-        reached: set[int] = set()  # values that depend on a product of this weight
-        for op in module.ops:
-            depends = any(v is not None and id(v) in reached for v in op.operands)
-            if depends and id(op) in ids:
-                chained.update((i, len(members)) for i in ids)
-                break
-            if depends or id(op) in ids:
-                reached.update(id(r) for r in op.results)
-    return chained
+def recurrence_sizes(module: Module) -> dict[int, int]:
+    """``id(op) -> n`` for the matrix ops that are one of the ``n`` time steps of a recurrence
+    (`afmc.matrix.recurrent_groups`); ``tile`` gives each such group one set of arrays."""
+    return {id(op): len(group) for group in recurrent_groups(module) for op in group}
 
 
 def array_utilization(view: MatrixView, rows: int, usable_cols: int) -> float:
@@ -97,7 +71,7 @@ class Partition(Pass):
     def classify(
         self, module: Module, op: Op, target: Any, chained: Mapping[int, int] | None = None
     ) -> tuple[str, str]:
-        """(region, reason) for one op; ``chained`` is `chained_products` of the module (computed
+        """(region, reason) for one op; ``chained`` is `recurrence_sizes` of the module (computed
         here when not given)."""
         if op.name not in MATRIX_OPS:
             return "digital", "no analog implementation (digital unit)"
@@ -107,13 +81,6 @@ class Partition(Pass):
         pinned = next((g for g in self.keep_digital if fnmatch.fnmatchcase(op.loc, g)), None)
         if pinned is not None:
             return "digital", f"pinned digital by keep-digital={pinned}"
-        count = (chained_products(module) if chained is None else chained).get(id(op))
-        if count is not None:
-            return "digital", (
-                f"recurrent weight: {count} products of one weight, each needing the one before, run one after "
-                f"another; tiled one by one they would program {count} copies of the same arrays "
-                "(arrays are not shared between products)"
-            )
         if view.macs < self.min_macs:
             return "digital", f"too small: {view.macs} MACs < min-macs={self.min_macs}"
         if view.rows < self.min_fan_in:
@@ -135,12 +102,17 @@ class Partition(Pass):
                 return "digital", (
                     f"too wasteful: array utilisation {used:.3%} < min-utilization={self.min_utilization:g}"
                 )
+        steps = (recurrence_sizes(module) if chained is None else chained).get(id(op))
+        if steps is not None:
+            return "analog", (
+                f"static-weight {view.kind}, one of {steps} steps of a recurrence on one weight (they share its arrays)"
+            )
         return "analog", f"static-weight {view.kind}"
 
     def run(self, module: Module, ctx: PassContext) -> None:
         rows: list[dict[str, Any]] = []
         graph = nx.Graph()
-        chained = chained_products(module)
+        chained = recurrence_sizes(module)
         for op in module.ops:
             if op.name == "nn.constant":
                 continue

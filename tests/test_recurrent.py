@@ -1,7 +1,8 @@
 """LSTM, GRU and RNN (``afmc.frontend.recurrent``): lowered at import, equal to onnxruntime to fp32
 rounding for every direction, layout, bias and initial-state combination and the optional features
-exporters emit (each imported module verifies and round-trips through its text form); the recurrence's chained products stay digital, the input projection and a single
-step go analog, and the analog simulator runs them exactly (``--ideal``).
+exporters emit (each imported module verifies and round-trips through its text form); the input
+projection goes analog and the T steps of the recurrence share one set of arrays, and the analog
+simulator runs them exactly (``--ideal``) and with one programmed state.
 
 onnxruntime refuses ``layout=1``; its reference for such a node is the same node at ``layout=0`` on
 transposed inputs, outputs transposed back.
@@ -200,30 +201,68 @@ def _partitioned(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     return {op.loc: (op.attr("region"), op.attr("reason")) for op in module.ops if op.name == "nn.matmul"}
 
 
-def test_recurrence_stays_digital_and_the_projection_goes_analog() -> None:
-    """One projection MatMul for all steps goes analog; the T chained products of Rᵀ stay digital
-    with their reason (tiled one by one they would be T copies of the same arrays)."""
-    regions = _partitioned(build("LSTM", steps=4, features=32, hidden=32)[0])
+def test_recurrence_steps_share_one_set_of_arrays() -> None:
+    """The projection MatMul of all steps and the T chained products of Rᵀ go analog; the T steps
+    are tiled onto ONE set of arrays (the same level symbols), placed once (same core and slot),
+    counted once, and the report says which layer's arrays a step reads."""
+    model = build("LSTM", steps=4, features=32, hidden=300)[0]
+    regions = _partitioned(model)
     assert regions.pop("rnn/input_projection") == ("analog", "static-weight matmul")
     assert sorted(regions) == [f"rnn/recurrence_r_t{t}" for t in range(4)]
     for region, reason in regions.values():
-        assert region == "digital" and reason.startswith("recurrent weight: 4 products of one weight")
+        assert region == "analog" and "one of 4 steps of a recurrence" in reason
+    module = import_model(model)
+    target = load_target("pcm")
+    report = compile_module(module, target, target.pipeline.replace(",calibrate", "")).context.report
+    steps = [f"rnn/recurrence_r_t{t}" for t in range(4)]
+    arrays: dict[str, list[tuple[str, Any, Any]]] = {}
+    for op in module.ops:
+        if op.name == "xbar.mvm":
+            arrays.setdefault(op.attr("layer"), []).append((op.attr("array").name, op.attr("core"), op.attr("slot")))
+    assert len(arrays[steps[0]]) == 5 * 2  # 300 rows over 256-row arrays, 1200 columns over 256
+    assert all(arrays[step] == arrays[steps[0]] for step in steps)
+    assert not {a for a, _, _ in arrays[steps[0]]} & {a for a, _, _ in arrays["rnn/input_projection"]}
+    rows = {row["layer"]: row for row in report["tiles"]}
+    assert rows[steps[0]]["arrays"] == 10 and "shares_arrays_of" not in rows[steps[0]]
+    assert all(rows[step]["arrays"] == 0 and rows[step]["shares_arrays_of"] == steps[0] for step in steps[1:])
+    assert module.attributes["tiles_required"] == 10 + len(arrays["rnn/input_projection"])
+    assert report["placement"]["tiles"] == module.attributes["tiles_required"]
+
+
+def test_shared_arrays_have_one_programmed_state() -> None:
+    """On the non-ideal chip every step of the recurrence reads the same programmed devices."""
+    model, feeds = build("RNN", steps=3, features=32, hidden=24)
+    module = import_model(model)
+    compile_module(module, load_target("pcm"), PIPELINE)
+    sim = AnalogSimulator(module, load_target("pcm"), SimOptions(seed=3, t_inference=3600.0))
+    steps = [layer for layer in sim.layers if "/recurrence_" in layer.name]
+    assert len(steps) == 3 and all(step.device_index == steps[0].index for step in steps)
+    assert steps[0].weights is not None
+    for step in steps[1:]:
+        np.testing.assert_array_equal(step.weights, steps[0].weights)
+    projection = next(layer for layer in sim.layers if layer.name.endswith("input_projection"))
+    assert projection.device_index == projection.index
+    sim.run(feeds)
 
 
 def test_a_single_step_recurrence_goes_analog() -> None:
     """T = 1 (a streaming model carrying its state): one recurrent product, analog like a dense layer."""
     regions = _partitioned(build("GRU", "bidirectional", steps=1, features=32, hidden=32, linear_before_reset=1)[0])
-    assert {r for r, _ in regions.values()} == {"analog"} and len(regions) == 4
+    assert set(regions.values()) == {("analog", "static-weight matmul")} and len(regions) == 4
 
 
-def test_independent_products_of_one_weight_stay_analog() -> None:
-    """One weight applied to two branches that do not depend on each other is not a recurrence."""
+def test_independent_products_of_one_weight_keep_their_own_arrays() -> None:
+    """One weight applied to two branches that do not depend on each other is not a recurrence:
+    each product keeps its own arrays, and the two work in parallel."""
     weight = nh.from_array(np.random.default_rng(0).standard_normal((32, 32)).astype(np.float32), "Wt")
     nodes = [oh.make_node("MatMul", ["a", "Wt"], ["ya"], name="left"),
              oh.make_node("MatMul", ["b", "Wt"], ["yb"], name="right")]
     info = [oh.make_tensor_value_info(n, TensorProto.FLOAT, [4, 32]) for n in ("a", "b", "ya", "yb")]
     model = oh.make_model(oh.make_graph(nodes, "g", info[:2], info[2:], [weight]), opset_imports=[oh.make_opsetid("", 21)])
-    assert {r for r, _ in _partitioned(model).values()} == {"analog"}
+    assert set(_partitioned(model).values()) == {("analog", "static-weight matmul")}
+    module = import_model(model)
+    compile_module(module, load_target("pcm"), PIPELINE)
+    assert len({op.attr("array").name for op in module.ops if op.name == "xbar.mvm"}) == 2
 
 
 @pytest.mark.parametrize(("kind", "steps"), [("LSTM", 1), ("GRU", 3), ("RNN", 2)])
