@@ -12,11 +12,9 @@ differently:
   it does not depend on the recurrence, so the arrays holding Wᵀ see all T·B input vectors in one
   go, exactly like a dense layer;
 - the recurrence H_{t-1}·Rᵀ is one MatMul per time step, all reading the same Rᵀ constant. Each
-  depends on the one before, so they run one after another: ``partition`` keeps such a chain of
-  products of one weight digital (with its reason), because tiling each product on its own would
-  program T copies of the same arrays, T−1 of them idle at any time. A recurrence of one step
-  (T = 1, as in a streaming model that carries its state between calls) has a single product and
-  goes analog like any dense layer.
+  depends on the one before, so they run one after another whatever the hardware: ``tile`` gives
+  such a chain of products of one weight (`afmc.matrix.recurrent_groups`) ONE set of arrays, which
+  every step reads in turn, instead of T copies of which T−1 would sit idle at any time.
 
 The biases Wb + Rb are added once to the projection (GRU's ``linear_before_reset`` keeps Rbh inside
 the reset product, as the spec says). A missing initial state is zero, so the first step's
