@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ir.core import Module, Op
+from .ir.core import Module, Op, SymbolRef
 
 MATRIX_OPS = ("nn.conv", "nn.conv_transpose", "nn.gemm", "nn.matmul")
 
@@ -67,3 +67,47 @@ def matrix_view(module: Module, op: Op) -> MatrixView | None:
     if weight.ndim != 2:
         return None
     return MatrixView("matmul", 1, int(weight.shape[0]), int(weight.shape[1]), math.prod(out[:-1]))
+
+
+def _sharing_key(module: Module, op: Op) -> tuple[object, ...] | None:
+    """What makes two matrix ops multiply by the same matrix: one pool constant as weight, the same
+    op kind and the attributes that shape the matrix (Gemm's transB and alpha, a convolution's group)."""
+    if op.name not in MATRIX_OPS or len(op.operands) < 2 or op.operands[1] is None:
+        return None
+    producer = op.operands[1].producer
+    if producer is None or producer.name != "nn.constant" or module.constant_of(op.operands[1]) is None:
+        return None
+    symbol = producer.attr("value")
+    assert isinstance(symbol, SymbolRef)
+    return symbol.name, op.name, op.attr("transB"), op.attr("alpha"), op.attr("group")
+
+
+def recurrent_groups(module: Module, ops: list[Op] | None = None) -> list[list[Op]]:
+    """Groups (in program order) of matrix ops that multiply by the same constant matrix and of which
+    one depends on another: the time steps of an unrolled recurrence (``afmc.frontend.recurrent``
+    lowers an LSTM's h·Rᵀ to one MatMul per step, all reading Rᵀ). Such products run one after
+    another whatever the hardware, so they can share one set of arrays (``tile`` does) where
+    separate copies would sit idle. Products of one weight that do not depend on each other (a
+    weight applied to two branches) are not grouped: their copies work in parallel.
+
+    ``ops`` limits the candidates (``tile`` passes the analog ones); the default is every op."""
+    candidates = module.ops if ops is None else ops
+    by_key: dict[tuple[object, ...], list[Op]] = {}
+    for op in candidates:
+        key = _sharing_key(module, op)
+        if key is not None:
+            by_key.setdefault(key, []).append(op)
+    groups: list[list[Op]] = []
+    for members in by_key.values():
+        if len(members) < 2:
+            continue
+        ids = {id(op) for op in members}
+        reached: set[int] = set()  # values that depend on a product of this weight
+        for op in module.ops:
+            depends = any(v is not None and id(v) in reached for v in op.operands)
+            if depends and id(op) in ids:
+                groups.append(members)
+                break
+            if depends or id(op) in ids:
+                reached.update(id(r) for r in op.results)
+    return groups

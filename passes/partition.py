@@ -9,21 +9,30 @@ output (``min-fan-in``: an output of K inputs adds K devices' signals, so progra
 and the spread of drift exponents average down only as 1/sqrt(K); a 3×3 single-channel convolution's 9
 devices per output do not hide them). Everything else is digital with the reason recorded. Each op gets
 ``region`` and ``reason`` attributes (and ``region_id`` when analog); the report lists them all and
-counts the analog regions and the analog↔digital crossings.
+counts the analog regions and the analog↔digital crossings. The time steps of a recurrence (one
+weight read by products that depend on each other, `afmc.matrix.recurrent_groups`) are classified
+like any product and say so in their reason: ``tile`` programs one set of arrays for all of them.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import networkx as nx
 
 from afmc.ir.core import Module, Op
-from afmc.matrix import MATRIX_OPS, MatrixView, matrix_view
+from afmc.matrix import MATRIX_OPS, MatrixView, matrix_view, recurrent_groups
 from afmc.pipeline import Pass, PassContext, register_pass
+
+
+def recurrence_sizes(module: Module) -> dict[int, int]:
+    """``id(op) -> n`` for the matrix ops that are one of the ``n`` time steps of a recurrence
+    (`afmc.matrix.recurrent_groups`); ``tile`` gives each such group one set of arrays."""
+    return {id(op): len(group) for group in recurrent_groups(module) for op in group}
 
 
 def array_utilization(view: MatrixView, rows: int, usable_cols: int) -> float:
@@ -59,8 +68,11 @@ class Partition(Pass):
         if not 0.0 <= self.min_utilization <= 1.0:
             raise ValueError(f"min-utilization must be in [0, 1], got {self.min_utilization}")
 
-    def classify(self, module: Module, op: Op, target: Any) -> tuple[str, str]:
-        """(region, reason) for one op."""
+    def classify(
+        self, module: Module, op: Op, target: Any, chained: Mapping[int, int] | None = None
+    ) -> tuple[str, str]:
+        """(region, reason) for one op; ``chained`` is `recurrence_sizes` of the module (computed
+        here when not given)."""
         if op.name not in MATRIX_OPS:
             return "digital", "no analog implementation (digital unit)"
         view = matrix_view(module, op)
@@ -90,15 +102,21 @@ class Partition(Pass):
                 return "digital", (
                     f"too wasteful: array utilisation {used:.3%} < min-utilization={self.min_utilization:g}"
                 )
+        steps = (recurrence_sizes(module) if chained is None else chained).get(id(op))
+        if steps is not None:
+            return "analog", (
+                f"static-weight {view.kind}, one of {steps} steps of a recurrence on one weight (they share its arrays)"
+            )
         return "analog", f"static-weight {view.kind}"
 
     def run(self, module: Module, ctx: PassContext) -> None:
         rows: list[dict[str, Any]] = []
         graph = nx.Graph()
+        chained = recurrence_sizes(module)
         for op in module.ops:
             if op.name == "nn.constant":
                 continue
-            region, reason = self.classify(module, op, ctx.target)
+            region, reason = self.classify(module, op, ctx.target, chained)
             op.set_attrs(region=region, reason=reason, region_id=None)
             if region == "analog":
                 graph.add_node(id(op))

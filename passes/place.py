@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -60,6 +60,20 @@ BYTES_PER_ELEMENT = 1
 class _Tile:
     op: Op
     copy: int
+
+
+@dataclass
+class _LayerTiles:
+    """One placed layer's tiles as `build_problem` collects them, shared arrays once."""
+
+    in_bytes: list[float] = field(default_factory=list)
+    out_bytes: list[float] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)
+    tiles: list[_Tile] = field(default_factory=list)
+    tile_of: dict[tuple[str, int], int] = field(default_factory=dict)  # (array symbol, copy) -> index
+    heads: dict[tuple[int, int], int] = field(default_factory=dict)
+    sources: list[int] = field(default_factory=list)
+    to_io: bool = False
 
 
 def _activation_operands(op: Op) -> list[Value]:
@@ -105,7 +119,11 @@ def _reaches_io(value: Value, outputs: set[int]) -> bool:
 
 
 def build_problem(module: Module, target: Any) -> tuple[PlacementProblem, list[_Tile]]:
-    """The placement problem of a tiled module on ``target``, and the tile each index stands for."""
+    """The placement problem of a tiled module on ``target``, and the tile each index stands for.
+
+    A layer that reads arrays another layer programmed (a later step of a recurrence: its
+    ``xbar.mvm`` ops name the same ``array`` symbols) has no tiles of its own: its traffic is added
+    to those arrays' tiles, and `Place` gives its ops the same ``core`` and ``slot``."""
     chip = target.chip
     layers: list[str] = []
     mvms: dict[str, list[Op]] = {}
@@ -116,11 +134,19 @@ def build_problem(module: Module, target: Any) -> tuple[PlacementProblem, list[_
                 layers.append(layer)
                 mvms[layer] = []
             mvms[layer].append(op)
+    home: dict[str, str] = {}  # layer -> the layer whose tiles hold its arrays
+    array_home: dict[str, str] = {}
+    for layer in layers:
+        home[layer] = array_home.get(mvms[layer][0].attr("array").name, layer)
+        for op in mvms[layer]:
+            array_home.setdefault(op.attr("array").name, home[layer])
+    placed = [layer for layer in layers if home[layer] == layer]
+    position = {layer: index for index, layer in enumerate(placed)}
     assembles: dict[int, int] = {}
     assemble_of: dict[str, Op] = {}
     for op in module.ops:
         if op.name == "xbar.assemble" and op.attr("layer") in mvms:
-            assembles[id(op)] = layers.index(op.attr("layer"))
+            assembles[id(op)] = position[home[op.attr("layer")]]
             assemble_of[op.attr("layer")] = op
     outputs = {id(v) for v in module.outputs}
     head_of: dict[int, Op] = {}
@@ -132,12 +158,10 @@ def build_problem(module: Module, target: Any) -> tuple[PlacementProblem, list[_
                 if value is not None and value.producer is not None:
                     head_of[id(value.producer)] = first.producer
 
-    traffic: list[LayerTraffic] = []
-    tiles: list[_Tile] = []
-    for index, layer in enumerate(layers):
+    acc = {layer: _LayerTiles() for layer in placed}
+    for layer in layers:
         ops = mvms[layer]
-        heads: dict[tuple[int, int], int] = {}
-        in_bytes, out_bytes, blocks = [], [], []
+        into = acc[home[layer]]
         for op in ops:
             replicas = int(op.attr("replicas", 1))
             vectors = op.result.type.shape[0]
@@ -145,21 +169,35 @@ def build_problem(module: Module, target: Any) -> tuple[PlacementProblem, list[_
             c0, c1 = op.attr("cols")
             head = head_of.get(id(op), op)
             for copy in range(replicas):
-                blocks.append(heads.setdefault((id(head), copy), len(heads)))
-                in_bytes.append(vectors * (r1 - r0) * BYTES_PER_ELEMENT / replicas)
-                out_bytes.append(vectors * (c1 - c0) * BYTES_PER_ELEMENT / replicas)
-                tiles.append(_Tile(op, copy))
+                key = (op.attr("array").name, copy)
+                at = into.tile_of.get(key)
+                if at is None:
+                    at = into.tile_of[key] = len(into.tiles)
+                    into.blocks.append(into.heads.setdefault((id(head), copy), len(into.heads)))
+                    into.in_bytes.append(0.0)
+                    into.out_bytes.append(0.0)
+                    into.tiles.append(_Tile(op, copy))
+                into.in_bytes[at] += vectors * (r1 - r0) * BYTES_PER_ELEMENT / replicas
+                into.out_bytes[at] += vectors * (c1 - c0) * BYTES_PER_ELEMENT / replicas
         source = ops[0].operands[0]
         assert source is not None and source.producer is not None
         unfold_input = source.producer.operands[0]
         assert unfold_input is not None
         src = _source_layer(unfold_input, assembles)
+        if src != IO and src >= position[home[layer]]:  # a step fed by its own arrays: no traffic modelled
+            src = IO
+        if src not in into.sources:
+            into.sources.append(src)
         assemble = assemble_of.get(layer)
-        to_io = assemble is None or _reaches_io(assemble.result, outputs)
-        traffic.append(LayerTraffic(
-            layer, np.array(in_bytes, np.float64), np.array(out_bytes, np.float64), np.array(blocks, np.int64),
-            (src,), to_io,
-        ))
+        into.to_io = into.to_io or assemble is None or _reaches_io(assemble.result, outputs)
+    traffic = [
+        LayerTraffic(
+            layer, np.array(acc[layer].in_bytes, np.float64), np.array(acc[layer].out_bytes, np.float64),
+            np.array(acc[layer].blocks, np.int64), tuple(acc[layer].sources), acc[layer].to_io,
+        )
+        for layer in placed
+    ]
+    tiles = [tile for layer in placed for tile in acc[layer].tiles]
     cores = core_array(chip)
     problem = problem_from_layers(traffic, (chip.mesh_x, chip.mesh_y), cores, chip.arrays_per_core, chip.io)
     return problem, tiles
@@ -221,14 +259,20 @@ class Place(Pass):
         copies: dict[int, list[tuple[tuple[int, int], int]]] = {}
         for index, tile in enumerate(tiles):
             copies.setdefault(id(tile.op), []).append(((xs[index], ys[index]), slots[index]))
+        by_array: dict[str, dict[str, Any]] = {}
         for tile in tiles:
             if tile.copy:
                 continue
             placed = copies[id(tile.op)]
             if len(placed) == 1:
-                tile.op.set_attrs(core=placed[0][0], slot=placed[0][1])
+                where: dict[str, Any] = {"core": placed[0][0], "slot": placed[0][1]}
             else:
-                tile.op.set_attrs(core=tuple(c for c, _ in placed), slot=tuple(j for _, j in placed))
+                where = {"core": tuple(c for c, _ in placed), "slot": tuple(j for _, j in placed)}
+            tile.op.set_attrs(**where)
+            by_array[tile.op.attr("array").name] = where
+        for op in module.ops:  # the later steps of a recurrence read the arrays their first step placed
+            if op.name == "xbar.mvm" and op.attr("core") is None:
+                op.set_attrs(**by_array[op.attr("array").name])
         summary = {
             "objective": _num(result.objective),
             "lower_bound": _num(result.lower_bound),

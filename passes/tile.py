@@ -10,6 +10,13 @@ column split, slice) becomes an ``xbar.mvm``. Slices and row-split partial sums 
 ``xbar.assemble``. Reassembling the arrays gives back exactly the quantised weights (tests prove it).
 
 Replication (``replicate=N`` or ``auto``) is an attribute: copies split an array's M vectors in time.
+
+The time steps of a recurrence (products of one constant matrix of which one depends on another,
+`afmc.matrix.recurrent_groups`: an unrolled LSTM's h·Rᵀ) share one set of arrays: the first step
+programs them, every later step's ``xbar.mvm`` ops read the same levels constants (same ``array``
+symbols) with its own unfold, accumulates and assemble. The steps run one after another anyway, so
+copies would only sit idle; ``place`` puts the shared arrays once, ``schedule`` serialises their
+reads (same ``core`` and ``slot``), and the simulator gives them one programmed state.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import numpy as np
 
 from afmc.errors import AfmcError, PassError
 from afmc.ir.core import Module, Op, TensorType, Value
-from afmc.matrix import MatrixView, matrix_view
+from afmc.matrix import MatrixView, matrix_view, recurrent_groups
 from afmc.pipeline import Pass, PassContext, register_pass
 from afmc.registry import registrar
 
@@ -341,7 +348,10 @@ def tileable(module: Module, op: Op) -> str | None:
 @dataclass
 class LayerPlan:
     """One analog layer's tiling, from shapes alone: what counting, replication and placement need.
-    The weights are read again, one layer at a time, only when the arrays are emitted."""
+    The weights are read again, one layer at a time, only when the arrays are emitted.
+
+    A step of a recurrence after the first (``shares``: the first step's plan) reads the arrays the
+    first step programmed: it adds no arrays and copies its replicas."""
 
     op: Op
     layer: str
@@ -351,9 +361,13 @@ class LayerPlan:
     slices: int
     input_slices: int
     replicas: int = 1
+    shares: LayerPlan | None = None
 
     @property
     def arrays(self) -> int:
+        """Arrays this layer programs (none when it reads another layer's)."""
+        if self.shares is not None:
+            return 0
         return self.view.groups * len(self.rows) * len(self.cols) * self.slices
 
     def cycles(self, replicas: int) -> int:
@@ -427,22 +441,50 @@ def _levels_type(target: Any, rows: tuple[int, int], cols: tuple[int, int]) -> T
     return TensorType((r1 - r0, c1 - c0 + 1), dtype)
 
 
-def emit_layer(module: Module, plan: LayerPlan, target: Any, per_column: bool, with_levels: bool) -> list[Op]:
+@dataclass
+class ArraySet:
+    """The arrays one layer programmed: their levels constants by (group, row split, column split,
+    slice) and the weight scales, for the later steps of its recurrence to read."""
+
+    levels: dict[tuple[int, int, int, int], Op]
+    scales: np.ndarray
+
+
+def emit_layer(
+    module: Module,
+    plan: LayerPlan,
+    target: Any,
+    per_column: bool,
+    with_levels: bool,
+    programmed: dict[int, ArraySet] | None = None,
+) -> list[Op]:
     """The xbar ops replacing ``plan.op`` (unfold, levels constants and mvms, accumulates, assemble).
 
     Without levels the constants are typed placeholders: the module counts, places and schedules
-    but cannot run (what ``afmc check`` needs, at a fraction of the memory).
+    but cannot run (what ``afmc check`` needs, at a fraction of the memory). ``programmed`` maps
+    ``id(plan.op)`` to the arrays a layer emitted (filled here); a plan that ``shares`` reads the
+    levels constants of the layer it shares with instead of making its own.
     """
     op, layer, view = plan.op, plan.layer, plan.view
     array = target.array
     _, low = _lowered(module, op)
     enc: Encoded | None = None
-    if with_levels:
+    reused: ArraySet | None = None
+    if plan.shares is not None:
+        reused = (programmed or {}).get(id(plan.shares.op))
+        if reused is None:
+            raise PassError(f"tile: {layer} shares the arrays of {plan.shares.layer}, which are not emitted yet",
+                            node=op.loc or None)
+        scales = reused.scales
+    elif with_levels:
         w_q, scales = quantize(low.matrix, array.weight_bits, per_column)
         enc = encode(w_q, array.weight_bits, array.bits_per_cell, array.encoding)
         del w_q
     else:
         scales = quantization_scales(low.matrix, array.weight_bits, per_column)
+    emitted = ArraySet({}, scales)
+    if programmed is not None and reused is None:
+        programmed[id(op)] = emitted
     encoding = array.encoding
     source = op.operands[0]
     assert source is not None
@@ -464,10 +506,14 @@ def emit_layer(module: Module, plan: LayerPlan, target: Any, per_column: bool, w
             for ri, (r0, r1) in enumerate(plan.rows):
                 for s in range(plan.slices):
                     name = f"{layer}.g{g}.r{ri}.c{ci}.s{s}"
-                    if enc is not None:
+                    new_levels = reused is None
+                    if reused is not None:
+                        levels_op = reused.levels[(g, ri, ci, s)]
+                    elif enc is not None:
                         _, levels_op = module.add_constant(_array_levels(enc, s, g, (r0, r1), (c0, c1)), name, op.loc)
                     else:
                         _, levels_op = module.add_placeholder(_levels_type(target, (r0, r1), (c0, c1)), name, op.loc)
+                    emitted.levels[(g, ri, ci, s)] = levels_op
                     weight_of_slice = significance(s, array.bits_per_cell)
                     attrs = {
                         **common, "group": g, "rows": (r0, r1), "cols": (c0, c1), "slice": s,
@@ -479,7 +525,7 @@ def emit_layer(module: Module, plan: LayerPlan, target: Any, per_column: bool, w
                         "xbar.mvm", [unfold.result, levels_op.result], [TensorType((view.vectors, c1 - c0), "f32")],
                         attrs, op.loc, [f"{name}.mvm"],
                     )
-                    ops += [levels_op, mvm]
+                    ops += [levels_op, mvm] if new_levels else [mvm]
                     parts.append(mvm.result)
                     gain = weight_of_slice * low.gain
                     gains.append(float(gain if per_column else gain * float(scales)))
@@ -510,12 +556,16 @@ def summary(plan: LayerPlan, target: Any) -> dict[str, Any]:
     """One row of ``ctx.report['tiles']`` (keys as ``afmc.report`` reads them: rows = K, cols = N)."""
     view, array = plan.view, target.array
     cells = view.groups * view.rows * view.cols * plan.slices
-    return {
+    owner = plan.shares or plan
+    row = {
         "layer": plan.layer, "kind": view.kind, "groups": view.groups, "rows": view.rows, "cols": view.cols,
         "row_splits": len(plan.rows), "col_splits": len(plan.cols), "slices": plan.slices,
         "arrays": plan.arrays, "replicas": plan.replicas, "physical_arrays": plan.arrays * plan.replicas,
-        "utilization": cells / (plan.arrays * array.rows * array.cols),
+        "utilization": cells / (owner.arrays * array.rows * array.cols),
     }
+    if plan.shares is not None:
+        row["shares_arrays_of"] = plan.shares.layer
+    return row
 
 
 @register_pass
@@ -543,11 +593,24 @@ class Tile(Pass):
             raise AfmcError("tile: photonic targets are not supported yet", node=analog[0].loc or None)
         if analog and target.array.weight_bits < 2:
             raise AfmcError("tile: symmetric weights need array.weight_bits >= 2")
-        existing = sum(int(op.attr("replicas", 1)) for op in module.ops if op.name == "xbar.mvm")
+        # arrays tiled before, each once however many steps of a recurrence read it
+        existing = sum({op.attr("array"): int(op.attr("replicas", 1)) for op in module.ops
+                        if op.name == "xbar.mvm"}.values())
+        # the steps of a recurrence run one after another: the first programs the arrays, the
+        # others read them (T copies would sit idle but one at any time)
+        first_of = {id(op): group[0] for group in recurrent_groups(module, analog) for op in group[1:]}
         plans = [plan_layer(module, op, target) for op in analog]
-        plan_replicas(plans, self.replicate, capacity_of(target) - existing)
+        owners = [plan for plan in plans if id(plan.op) not in first_of]
+        plan_replicas(owners, self.replicate, capacity_of(target) - existing)
+        plan_of = {id(plan.op): plan for plan in plans}
+        for plan in plans:
+            first = first_of.get(id(plan.op))
+            if first is not None:
+                plan.shares = plan_of[id(first)]
+                plan.replicas = plan.shares.replicas
         per_column = self.scale == "column"
-        lowered = {id(plan.op): emit_layer(module, plan, target, per_column, self.levels) for plan in plans}
+        programmed: dict[int, ArraySet] = {}
+        lowered = {id(plan.op): emit_layer(module, plan, target, per_column, self.levels, programmed) for plan in plans}
         module.ops = [new for op in module.ops for new in lowered.get(id(op), [op])]
         module.remove_dead()
         ctx.report.setdefault("tiles", []).extend(summary(plan, target) for plan in plans)
@@ -556,6 +619,6 @@ class Tile(Pass):
 
 
 __all__ = [
-    "Encoded", "LayerPlan", "Lowering", "Tile", "capacity_of", "dequantize", "encode", "near_equal_splits",
+    "ArraySet", "Encoded", "LayerPlan", "Lowering", "Tile", "capacity_of", "dequantize", "encode", "near_equal_splits",
     "plan_replicas", "quantization_scales", "quantize", "reassemble", "significance", "slice_count", "tileable",
 ]

@@ -599,12 +599,14 @@ class Importer:
         return op.result
 
     def synthetic_name(self, hint: str) -> str:
-        """A fresh name that no ONNX value uses (for outputs the model omitted)."""
+        """A fresh name that no ONNX value and no module value uses (for outputs the model omitted,
+        and the values of ops a handler lowers a node into). It is not reserved: ``emit`` claims it
+        (reserving it here made ``emit`` refuse it as a duplicate)."""
         while True:
             self._synthetic += 1
             candidate = f"{hint}.{self._synthetic}"
-            if candidate not in self.onnx_names:
-                return self.module.fresh_name(candidate)
+            if candidate not in self.onnx_names and not self.module.has_name(candidate):
+                return candidate
 
     def _check_bytes(self, value_type: TensorType, what: str) -> None:
         if value_type.is_static and value_type.nbytes > self.reader.max_tensor_bytes:

@@ -307,6 +307,10 @@ class Module:
             counter += 1
         return name
 
+    def has_name(self, name: str) -> bool:
+        """True when a value of this module is named ``name`` (or the name is reserved)."""
+        return name in self._names
+
     def claim_name(self, name: str) -> None:
         """Reserve an exact name (from a parsed file or an ONNX graph); duplicates are an error."""
         if name in self._names:

@@ -32,7 +32,9 @@ Attributes (exactly these; later passes may add placement attributes):
 - ``xbar.assemble``: ``layer``, ``kind``, ``groups``, ``col_splits``, ``bias_scale`` (Gemm's beta, else 1.0).
   Operands are the accumulate results group-major then column block, then the bias if there is one.
 
-``xbar.mvm`` is one physical array (times ``replicas``, which only split its M vectors in time):
+``xbar.mvm`` is one physical array (times ``replicas``, which only split its M vectors in time), or
+one more read of it: the time steps of a recurrence read one set of arrays, so their ``xbar.mvm``
+ops name the same ``array`` (and read the same levels constant) under their own ``layer``:
 ``array`` names the pool constant holding its programmed cell levels (integers in
 [0, 2^bits_per_cell − 1]): shape ``(2, r1-r0, c1-c0)`` for a differential pair (positive, negative)
 or ``(r1-r0, c1-c0 + 1)`` for offset encoding, whose last column is the reference column. Its ideal

@@ -180,6 +180,7 @@ class AnalogLayer:
 
     def __init__(self, index: int, source: Value, ops: list[Op], module: Module) -> None:
         self.index = index
+        self.device_index = index  # whose seeds program these arrays (`AnalogSimulator._layers`)
         self.source = source
         self.ops = ops
         first = ops[0]
@@ -452,7 +453,14 @@ class AnalogSimulator(Interpreter):
                 assert source is not None
                 by_source.setdefault(id(source), []).append(op)
                 sources[id(source)] = source
-        return [AnalogLayer(i, sources[key], ops, module) for i, (key, ops) in enumerate(by_source.items())]
+        layers = [AnalogLayer(i, sources[key], ops, module) for i, (key, ops) in enumerate(by_source.items())]
+        # The steps of a recurrence read one set of arrays (the same level symbols, `passes.tile`):
+        # they draw their programming, drift and static read noise from the first step's seeds, so
+        # every step sees the same programmed devices.
+        first: dict[tuple[str, ...], int] = {}
+        for layer in layers:
+            layer.device_index = first.setdefault(tuple(op.attr("array").name for op in layer.ops), layer.index)
+        return layers
 
     @property
     def device_effects(self) -> bool:
@@ -471,9 +479,9 @@ class AnalogSimulator(Interpreter):
         seq = self._samples[sample]
         for layer in self.layers:
             if self.device_effects:
-                layer.program(self.device, _child(seq, 0, layer.index), self.options.effects, self.parallel)
+                layer.program(self.device, _child(seq, 0, layer.device_index), self.options.effects, self.parallel)
                 if self.options.drift_compensation == "global":  # the reference read, at t0
-                    layer.set_time(self.device, 0.0, _child(seq, 1, 0, layer.index), self.options.effects)
+                    layer.set_time(self.device, 0.0, _child(seq, 1, 0, layer.device_index), self.options.effects)
                     layer.reference_read = layer.mean_abs_weight()
             else:
                 layer.programmed = None
@@ -491,7 +499,7 @@ class AnalogSimulator(Interpreter):
         units = {phase.unit for phase in self.dac.phases}
         for layer in self.layers:
             if self.device_effects:
-                layer.set_time(self.device, t, _child(seq, 1, key, layer.index), self.options.effects)
+                layer.set_time(self.device, t, _child(seq, 1, key, layer.device_index), self.options.effects)
                 layer.alpha = None
                 if self.options.drift_compensation == "global":
                     layer.alpha = (layer.reference_read / np.maximum(layer.mean_abs_weight(), 1e-30)).astype(F32)
