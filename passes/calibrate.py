@@ -7,11 +7,14 @@ calibrated on the inputs its calibrated predecessors give it. For each analog la
 
 1. **Input (DAC) range** (``input-range``): a static scale ``s`` from the layer's unfolded inputs x:
    ``max`` = max|x|, ``percentile`` = the ``percentile``-th percentile of |x| (default 99.9),
-   ``std`` = ``std`` · σ(x) (at most max|x|), ``best`` (default) = whichever of those three gives
-   outputs (ADC ideal) closest to the digital reference on the chip (the percentile clips a sparse
-   input's common peak values, max wastes levels on outliers: neither wins on every layer),
-   ``search`` = the candidate among max|x|·2^(-k/2), k = 0..8, scored the same way (one read of up to
-   `INPUT_SEARCH_VECTORS` vectors per candidate tried: cheap on one-phase DACs, slow on bit-serial ones);
+   ``std`` = ``std`` · σ(x) (at most max|x|), ``best`` (default) = whichever of those three, or the
+   target's per-vector scaling (``dynamic``, when the simulator scales by abs-max), gives outputs
+   closest to the digital reference on the chip after both converters, each candidate with the ADC
+   range step 2 picks for it (the percentile clips a sparse input's common peak values, max wastes
+   levels on outliers, a static range leaves small vectors few DAC levels and little signal over the
+   output noise: none wins on every layer), ``search`` = the candidate among max|x|·2^(-k/2),
+   k = 0..8, scored the same way (one read of up to `INPUT_SEARCH_VECTORS` vectors per candidate
+   tried: cheap on one-phase DACs, slow on bit-serial ones);
    ``dynamic`` keeps the target's per-vector abs-max noise management (no static range). Written as
    ``input_scale`` on every ``xbar.mvm`` of the layer.
 2. **Output (ADC) range** per layer and bit slice (``adc``), profiled with the ADC ideal (unlimited
@@ -48,7 +51,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -329,7 +332,7 @@ class Calibrate(Pass):
         if self.input_range == "std":
             return f"std={self.std:g}"
         if self.input_range == "best":
-            return f"best of max, percentile={self.percentile:g}, std={self.std:g}"
+            return f"best of max, percentile={self.percentile:g}, std={self.std:g}, dynamic"
         return self.input_range
 
     # -- walking the data through the chip ---------------------------------------------------------
@@ -394,25 +397,36 @@ class Calibrate(Pass):
         calls = sim.noise_calls
         if self.input_range in ("search", "best"):
             subset = _even_subset(unfolded.shape[1], INPUT_SEARCH_VECTORS)
-            scorer = _InputScaleScorer(sim, layer, np.ascontiguousarray(unfolded[:, subset]),
-                                       {k: v[subset] for k, v in reference.items()}, calls)
+            part = np.ascontiguousarray(unfolded[:, subset])
+            part_reference = {k: v[subset] for k, v in reference.items()}
+            scorer = _InputScaleScorer(
+                sim, layer, part, part_reference,
+                lambda: self._converted(sim, layer, part, part_reference, calls))
             if self.input_range == "search":
                 peak = float(np.max(np.abs(unfolded))) if unfolded.size else 0.0
                 state.input_scale = _search_octaves(scorer, peak)
             else:
-                state.input_scale = scorer.best(list(self._input_scales(unfolded).values()))
+                candidates: list[float | None] = list(self._input_scales(unfolded).values())
+                if sim.options.noise_management == "abs_max":
+                    candidates.append(None)  # the target's own per-vector scaling, when it wins
+                state.input_scale = scorer.best(candidates)
         elif self.input_range != "dynamic":
             state.input_scale = self._input_scales(unfolded)[self.input_range]
         sim.set_input_scale(layer, state.input_scale)
-        if self.adc == "target":
-            sim.noise_calls = calls
-            outputs = {key: np.array(value, np.float64) for key, value in sim.forward(layer, unfolded).items()}
-        else:
-            outputs, state.adc_scale = self._adc_ranges(sim, layer, unfolded, reference, calls)
+        outputs, state.adc_scale = self._converted(sim, layer, unfolded, reference, calls)
         sim.noise_calls = calls + 1
         if self.drift != "none":
             self._measure_reference(sim, layer, state)
         return outputs, reference
+
+    def _converted(self, sim: Any, layer: Any, unfolded: np.ndarray, reference: dict[int, np.ndarray],
+                   calls: int) -> tuple[dict[int, np.ndarray], dict[int, float]]:
+        """The layer's outputs through both converters with the current input scale, its ADC ranges
+        chosen first (``adc``; `_adc_ranges`): (outputs per mvm op id, ADC factors per slice)."""
+        if self.adc == "target":
+            sim.noise_calls = calls
+            return {key: np.array(value, np.float64) for key, value in sim.forward(layer, unfolded).items()}, {}
+        return self._adc_ranges(sim, layer, unfolded, reference, calls)
 
     def _input_scales(self, unfolded: np.ndarray) -> dict[str, float]:
         """The static scale of each data-driven mode (``max``, ``percentile``, ``std``) from one pass
@@ -578,8 +592,7 @@ class Calibrate(Pass):
 
     def _report_row(self, state: LayerCalibration, sim: Any, layer: Any) -> dict[str, Any]:
         row: dict[str, Any] = {"layer": state.name}
-        if state.input_scale is not None:
-            row["input_scale"] = state.input_scale
+        row["input_scale"] = state.input_scale if state.input_scale is not None else "dynamic"
         if state.adc_scale:
             row["adc_range"] = {str(k): [sim.adc.lo * v, sim.adc.hi * v] for k, v in sorted(state.adc_scale.items())}
         if self.drift != "none" and state.global_reference is not None:
@@ -594,31 +607,27 @@ class Calibrate(Pass):
 
 
 class _InputScaleScorer:
-    """Scores static input scales of one layer: the error of its outputs, read with the ADC ideal (its
-    range is chosen next), against the reference; every candidate sees the same noise draws."""
+    """Scores input (DAC) scales of one layer, None being the target's per-vector scaling: the error
+    of its outputs against the reference after both converters, the ADC range chosen for that scale
+    (``convert``: `Calibrate._converted`), so that a scale is judged with the ADC it will get; every
+    candidate sees the same noise draws."""
 
     def __init__(self, sim: Any, layer: Any, unfolded: np.ndarray, reference: dict[int, np.ndarray],
-                 calls: int) -> None:
-        self.sim, self.layer, self.unfolded, self.reference, self.calls = sim, layer, unfolded, reference, calls
+                 convert: Callable[[], tuple[dict[int, np.ndarray], dict[int, float]]]) -> None:
+        self.sim, self.layer, self.unfolded, self.reference, self.convert = sim, layer, unfolded, reference, convert
         self.weights = _column_weights(layer)
-        self.errors: dict[float, float] = {}
+        self.errors: dict[float | None, float] = {}
 
-    def error(self, scale: float) -> float:
+    def error(self, scale: float | None) -> float:
         if scale not in self.errors:
-            previous = self.sim.options
-            self.sim.options = dataclasses.replace(previous, adc=False)
-            try:
-                self.sim.set_input_scale(self.layer, scale)
-                self.sim.noise_calls = self.calls
-                outputs = self.sim.forward(self.layer, self.unfolded)
-            finally:
-                self.sim.options = previous
+            self.sim.set_input_scale(self.layer, scale)
+            outputs, _ = self.convert()
             self.errors[scale] = sum(_weighted_errors(self.layer, outputs, self.reference, self.weights).values())
         return self.errors[scale]
 
-    def best(self, scales: list[float]) -> float:
-        """The scale with the smallest error (ties: the widest range)."""
-        return min(scales, key=lambda scale: (self.error(scale), -scale))
+    def best(self, scales: list[Any]) -> Any:
+        """The scale with the smallest error (ties: the first given)."""
+        return min(scales, key=self.error)
 
 
 def _search_octaves(scorer: _InputScaleScorer, peak: float) -> float:

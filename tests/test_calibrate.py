@@ -69,7 +69,7 @@ def ops(module, name: str) -> list:  # type: ignore[no-untyped-def]
 
 
 def test_calibrated_ir_round_trips_and_carries_everything() -> None:
-    module, compilation = calibrated("cnn_digits")
+    module, compilation = calibrated("cnn_digits", spec="calibrate{samples=8 input-range=max}")
     text = print_module(module, constants=True)
     assert print_module(parse_module(text), constants=True) == text
     mvms, accs = ops(module, "xbar.mvm"), ops(module, "xbar.accumulate")
