@@ -111,6 +111,23 @@ def test_modes_and_options_shape_the_ir() -> None:
     assert all(op.attr("input_scale") is None and op.attr("adc_range") is None for op in ops(module, "xbar.mvm"))
 
 
+@pytest.mark.parametrize("target", ["crossbar", "pcm"])
+def test_best_input_range_is_the_best_candidate_after_both_converters(target: str) -> None:
+    """``best`` scores max, percentile, std and the per-vector scaling each with its own ADC range: on
+    the CNN's first analog layer (whose inputs no earlier choice changes) its
+    error is that of the best candidate, which is also what that candidate alone would give."""
+    def first_error(mode: str) -> float:
+        _, compilation = calibrated("cnn_digits", target=target,
+                                    spec=f"calibrate{{samples=8 input-range={mode} columns=false drift=none}}")
+        return float(compilation.context.report["calibration"]["layers"][0]["rel_error_before"])
+
+    best = first_error("best")
+    singles = {mode: first_error(mode) for mode in ("max", "percentile", "std", "dynamic")}
+    # The same choice up to float32 summation order (the scored and the final reads chunk differently).
+    assert best <= min(singles.values()) * (1 + 1e-5)
+    assert max(singles.values()) > min(singles.values()) * 1.01  # the candidates differ: a wrong pick would show
+
+
 def test_without_data_only_the_drift_references() -> None:
     """The data-free part: the reference readout where the device drifts (pcm, flash), nothing on rram."""
     assert device_drifts(load_target("pcm")) and device_drifts(load_target("flash"))
