@@ -19,10 +19,11 @@ calibrated on the inputs its calibrated predecessors give it. For each analog la
    ``input_scale`` on every ``xbar.mvm`` of the layer.
 2. **Output (ADC) range** per layer and bit slice (``adc``), profiled with the ADC ideal (unlimited
    range and resolution): ``max`` holds the largest value seen; ``search`` (CrossSim-style) keeps, per
-   slice, the range among that maximum times 2^(-k/2), k = 0..8, refined by a quarter octave, whose
+   slice, the range among a maximum times 2^(-k/2), k = -2..8, refined by a quarter octave, whose
    outputs are closest (squared error, each column weighted by its significance and weight scale) to
    the digital reference, the ideal ``xbar.mvm`` on the same inputs (`Calibrate._adc_ranges`: scored
-   exactly from the one profiling read); ``target`` keeps the target's range. Written as
+   exactly from the one profiling read), held out: the maximum of half the scored vectors, the error
+   on the other half; ``target`` keeps the target's range. Written as
    ``adc_range = [lo, hi]`` on each ``xbar.mvm``.
 3. **Drift compensation** (``drift``): the reference readout (one-hot inputs through the non-ideal path,
    REFERENCE.md §1; `afmc.ir.xbar_calibration`) right after programming, with the final ranges, stored
@@ -69,6 +70,8 @@ ADC_MODES = ("search", "max", "target")
 DRIFT_MODES = ("auto", "global", "column", "none")
 #: ADC range candidates of ``adc=search``: the profiled maximum times 2^(-k/2), k = 0..SEARCH_STEPS (then refined).
 SEARCH_STEPS = 8
+#: ... and above it, 2^(k/2) for k = 1..HEADROOM_STEPS: new data may exceed what calibration saw.
+HEADROOM_STEPS = 2
 #: The ADC range search scores candidates on at most this many input vectors of a layer (evenly
 #: spaced), the input range search, which reads the arrays once per candidate, on fewer.
 SEARCH_VECTORS = 1024
@@ -203,6 +206,25 @@ def _weighted_errors(layer: Any, outputs: Mapping[int, np.ndarray], reference: M
         slice_ = int(layer.reads[key].op.attr("slice"))
         errors[slice_] = errors.get(slice_, 0.0) + float(np.einsum("mc,mc->", diff, diff))
     return errors
+
+
+def _peaks_per_slice(layer: Any, high: np.ndarray, low: np.ndarray, lo: float, hi: float) -> dict[int, float]:
+    """Per bit slice, the factor on the target's ADC range that just holds the (B, C) extremes."""
+    peaks: dict[int, float] = {}
+    for read in layer.reads.values():
+        columns = (read.block, read.physical)
+        need = max(float(high[columns].max()) / hi if hi > 0 else 0.0,
+                   float(low[columns].min()) / lo if lo < 0 else 0.0)
+        key = int(read.op.attr("slice"))
+        peaks[key] = max(peaks.get(key, 0.0), need)
+    return {key: (value if value > 0 else 1.0) for key, value in peaks.items()}
+
+
+def _slice_peaks(layer: Any, codes: list[np.ndarray], lo: float, hi: float) -> dict[int, float]:
+    """`_peaks_per_slice` of recorded ADC inputs (per phase, (B, M, C))."""
+    high = np.max([np.max(y, axis=1, initial=0.0) for y in codes], axis=0)
+    low = np.min([np.min(y, axis=1, initial=0.0) for y in codes], axis=0)
+    return _peaks_per_slice(layer, high, low, lo, hi)
 
 
 def _vector_scales(sim: Any, layer: Any, unfolded: np.ndarray) -> np.ndarray:
@@ -482,14 +504,7 @@ class Calibrate(Pass):
             raise AfmcError(f"calibrate: layer {layer.name}: the simulator converted {seen} vectors per phase, "
                             f"expected {vectors}")
         lo, hi = sim.adc.code_lo, sim.adc.code_hi
-        peaks: dict[int, float] = {}
-        for read in layer.reads.values():
-            columns = (read.block, read.physical)
-            need = max(float(high[columns].max()) / hi if hi > 0 else 0.0,
-                       float(low[columns].min()) / lo if lo < 0 else 0.0)
-            key = int(read.op.attr("slice"))
-            peaks[key] = max(peaks.get(key, 0.0), need)
-        peaks = {key: (value if value > 0 else 1.0) for key, value in peaks.items()}
+        peaks = _peaks_per_slice(layer, high, low, lo, hi)
         inputs = [np.concatenate(chunks, axis=1) for chunks in records]  # per phase (B, M, C)
         scales = _vector_scales(sim, layer, unfolded[:, subset])[..., None]  # (B, M, 1)
         scored = _even_subset(len(subset), SEARCH_VECTORS)  # the candidates are compared on these
@@ -500,7 +515,6 @@ class Calibrate(Pass):
             column_slice[read.block, read.physical] = int(read.op.attr("slice"))
         slices = sorted(peaks)
         weights = _column_weights(layer)
-        targets = {key: value[subset][scored] for key, value in reference.items()}
 
         def outputs_with(factors: dict[int, float], rows: Any = slice(None)) -> dict[int, np.ndarray]:
             f = np.asarray([factors[key] for key in slices])[np.searchsorted(slices, column_slice)][:, None, :]
@@ -517,15 +531,22 @@ class Calibrate(Pass):
         chosen = dict(peaks)
         if self.adc == "search":
             best: dict[int, tuple[float, float]] = {}
+            # Held out: the candidates scale the peaks of half the scored vectors and are scored on
+            # the other half, so that a range which clips values the fitted half never showed pays
+            # for it, as it will on new data (scored on the same vectors, the narrowest range that
+            # holds them always looks best). Too few vectors to split: fitted and scored on all.
+            fit, held = (scored[0::2], scored[1::2]) if len(scored) >= 4 else (scored, scored)
+            fitted = _slice_peaks(layer, [y[:, fit] for y in inputs], lo, hi)
+            held_targets = {key: value[subset][held] for key, value in reference.items()}
 
             def trial(factors: dict[int, float]) -> None:
-                errors = _weighted_errors(layer, outputs_with(factors, scored), targets, weights)
+                errors = _weighted_errors(layer, outputs_with(factors, held), held_targets, weights)
                 for key, error in errors.items():
                     if key not in best or error < best[key][0]:
                         best[key] = (error, factors[key])
 
-            for k in range(SEARCH_STEPS + 1):
-                trial({key: peak * 2.0 ** (-k / 2) for key, peak in peaks.items()})
+            for k in range(-HEADROOM_STEPS, SEARCH_STEPS + 1):
+                trial({key: peak * 2.0 ** (-k / 2) for key, peak in fitted.items()})
             middle = {key: value for key, (_, value) in best.items()}
             for sign in (1, -1):
                 trial({key: value * 2.0 ** (sign / 4) for key, value in middle.items()})
