@@ -128,6 +128,22 @@ def test_best_input_range_is_the_best_candidate_after_both_converters(target: st
     assert max(singles.values()) > min(singles.values()) * 1.01  # the candidates differ: a wrong pick would show
 
 
+def test_adc_search_is_held_out_and_may_leave_headroom() -> None:
+    """``adc=search`` scores ranges on vectors that did not set them, so it may choose a range above
+    everything calibration saw (``max``); scored in-sample it never could (every candidate was at most
+    the profiled maximum)."""
+    ranges = {}
+    for adc in ("max", "search"):
+        _, compilation = calibrated("mlp_digits", target="crossbar",
+                                    spec=f"calibrate{{samples=32 input-range=max adc={adc} columns=false drift=none}}")
+        ranges[adc] = [row["adc_range"] for row in compilation.context.report["calibration"]["layers"]]
+    above = [(layer, key) for layer, (peak, chosen) in enumerate(zip(ranges["max"], ranges["search"]))
+             for key in chosen if chosen[key][1] > peak[key][1] * (1 + 1e-9)]
+    below = [(layer, key) for layer, (peak, chosen) in enumerate(zip(ranges["max"], ranges["search"]))
+             for key in chosen if chosen[key][1] < peak[key][1] * (1 - 1e-9)]
+    assert above and below  # headroom where new data would clip, finer steps where it would not
+
+
 def test_without_data_only_the_drift_references() -> None:
     """The data-free part: the reference readout where the device drifts (pcm, flash), nothing on rram."""
     assert device_drifts(load_target("pcm")) and device_drifts(load_target("flash"))
