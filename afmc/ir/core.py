@@ -307,6 +307,10 @@ class Module:
             counter += 1
         return name
 
+    def has_name(self, name: str) -> bool:
+        """Whether a value of this module has (or reserved) ``name``."""
+        return name in self._names
+
     def claim_name(self, name: str) -> None:
         """Reserve an exact name (from a parsed file or an ONNX graph); duplicates are an error."""
         if name in self._names:
