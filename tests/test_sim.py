@@ -503,6 +503,24 @@ def test_an_all_zero_weight_column_reads_no_more_noise_than_the_others(tmp_path:
     assert error[:, 5].max() <= 3 * np.delete(error, 5, axis=1).max()
 
 
+def test_programming_one_layer_at_a_time_gives_the_same_devices() -> None:
+    """calibrate without data programs, reads out and releases one layer at a time (the memory of one
+    layer's devices): each layer draws from its own streams, so its readout is the same as with all
+    layers programmed at once."""
+    module = compiled("cnn_digits", "pcm")
+    target = load_target("pcm")
+    whole = AnalogSimulator(module, target, SimOptions(seed=3))
+    lazy = AnalogSimulator(module, target, SimOptions(seed=3), program=False)
+    for layer, mine in zip(whole.layers, lazy.layers):
+        assert mine.weights is None
+        lazy.program(0, [mine])
+        lazy.set_time(0.0, [mine])
+        for key, matrix in whole.readout(layer, 0.5).items():
+            np.testing.assert_array_equal(lazy.readout(mine, 0.5)[key], matrix)
+        lazy.release(mine)
+        assert mine.weights is None and mine.programmed is None
+
+
 def test_same_seed_same_outputs_other_seed_other_outputs() -> None:
     module = compiled("cnn_digits", "pcm")
     inputs = sample_inputs("cnn_digits", BATCH)
