@@ -893,3 +893,21 @@ def test_an_omitted_output_between_used_ones_gets_a_fresh_name():
     out = run_module(module, {"x": x})
     np.testing.assert_array_equal(out["a"], x[:1])
     np.testing.assert_array_equal(out["c"], x[2:])
+
+
+@pytest.mark.parametrize("opset", [21, 17])  # 17: through the version converter (ReduceMean changed in 18)
+def test_dynamo_exported_nodes_are_located_by_their_torch_module(opset):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="node_MatMul_3"),
+             helper.make_node("ReduceMean", ["h"], ["y"], name="node_ReduceMean_4", keepdims=1,
+                              **({"axes": [1]} if opset < 18 else {}))]
+    scopes = {"node_MatMul_3": "['', 'model', 'model.encoder.layer.0.query', 'linear']",
+              "node_ReduceMean_4": "['_empty_nn_module_stack_from_metadata_hook', 'mean']"}
+    for node in nodes:
+        node.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=scopes[node.name])
+    inputs = [init("w", rng_array(4, 3))] + ([] if opset < 18 else [init("axes", np.array([1], np.int64))])
+    if opset >= 18:
+        nodes[1].input.append("axes")
+    model = make_model(nodes, [vinfo("x", F, [2, 4])], [vinfo("y", F, [2, 1])], inputs, opset=opset)
+    module = import_model(model)
+    locs = {op.name: op.loc for op in module.ops if op.name != "nn.constant"}
+    assert locs == {"nn.matmul": "model.encoder.layer.0.query/node_MatMul_3", "nn.reduce_mean": "node_ReduceMean_4"}

@@ -10,6 +10,7 @@ as soon as it is imported, and every result type is static.
 
 from __future__ import annotations
 
+import ast
 import functools
 import itertools
 import os
@@ -171,8 +172,28 @@ def _import(
 
 
 def node_label(node: NodeProto, index: int, prefix: str = "") -> str:
-    """The node's location: its name, or ``<OpType>_<index>`` when it has none."""
-    return node.name or f"{prefix}{node.op_type}_{index}"
+    """The node's location: its name, or ``<OpType>_<index>`` when it has none. A node of torch.onnx's
+    dynamo exporter (named ``node_MatMul_48``) is prefixed with the torch module it came from, from its
+    ``pkg.torch.onnx.name_scopes`` metadata (``bert.encoder.layer.0.attention.self.query/node_MatMul_48``),
+    as the TorchScript exporter's names are: reports and ``keep-digital`` patterns can tell layers apart."""
+    name = node.name or f"{prefix}{node.op_type}_{index}"
+    scope = _torch_module(node)
+    return f"{scope}/{name}" if scope else name
+
+
+def _torch_module(node: NodeProto) -> str:
+    """The dotted path of the torch module a dynamo-exported node came from ('' when unknown or the root)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                return ""
+            if (isinstance(scopes, list) and len(scopes) >= 2 and scopes[0] == ""
+                    and all(isinstance(item, str) for item in scopes)):
+                return printable(scopes[-2])
+            return ""
+    return ""
 
 
 def supported_op_types() -> frozenset[str]:
@@ -336,6 +357,11 @@ def canonical_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, dict[
                 f"since, and the version converter cannot convert back: {reason}"
             ) from None
         raise FrontendError(f"cannot convert opset {version} to {OPSET}: {reason}") from None
+    # the converter drops node metadata (the dynamo exporter's module scopes, see `node_label`)
+    metadata = {node.name: node.metadata_props for node in model.graph.node if node.name and node.metadata_props}
+    for node in converted.graph.node:
+        if not node.metadata_props and node.name in metadata:
+            node.metadata_props.extend(metadata[node.name])
     return converted, OPSET, originals
 
 
