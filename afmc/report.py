@@ -100,7 +100,7 @@ def to_text(report: dict[str, Any]) -> str:
     for layer in report["layers"]:
         splits = f"{layer['row_splits']}x{layer['col_splits']}" + (f"x{layer['groups']}g" if layer["groups"] > 1 else "")
         lines.append(
-            f"{layer['layer'][:32]:<32} {layer['kind']:<8} {str(layer['rows']) + 'x' + str(layer['cols']):>12} "
+            f"{_tail(layer['layer'], 32):<32} {layer['kind']:<8} {str(layer['rows']) + 'x' + str(layer['cols']):>12} "
             f"{splits:>9} {layer['slices']:>6} {layer['physical_arrays']:>7} {layer['utilization']:>6.1%}"
         )
     if report["digital_ops_by_reason"]:
@@ -120,6 +120,12 @@ def to_text(report: dict[str, Any]) -> str:
         lines += ["", f"missing {missing['tiles']} arrays; layers that do not fit:"]
         lines += [f"  {m['layer']}: {m['arrays_short']} of {m['arrays_needed']} arrays short" for m in missing["layers"]]
     return "\n".join(lines) + "\n"
+
+
+def _tail(name: str, width: int) -> str:
+    """``name`` cut to ``width`` from the left: a layer's path ends in what tells it from its siblings
+    (``.../attention/self/query/MatMul`` and ``.../key/MatMul``)."""
+    return name if len(name) <= width else "..." + name[len(name) - width + 3:]
 
 
 def _bottleneck(perf: dict[str, Any]) -> str:

@@ -326,8 +326,10 @@ class Calibrate(Pass):
             return
         from afmc.sim.simulator import AnalogSimulator, SimOptions
 
-        sim = AnalogSimulator(module, target, SimOptions(seed=ctx.seed))
         data = ctx.calibration_data
+        # Without data only the drift references read the arrays: program one layer at a time (the
+        # same devices: each layer draws from its own stream), so the memory is one layer's devices.
+        sim = AnalogSimulator(module, target, SimOptions(seed=ctx.seed), program=data is not None)
         results: dict[int, LayerCalibration] = {}
         rows = 0
         if data is not None:
@@ -337,7 +339,12 @@ class Calibrate(Pass):
         for layer in sim.layers:
             state = results.setdefault(layer.index, LayerCalibration(layer.name))
             if self.drift != "none" and state.global_reference is None:
+                if data is None:
+                    sim.program(0, [layer])
+                    sim.set_time(sim.options.t_inference, [layer])
                 self._measure_reference(sim, layer, state)
+                if data is None:
+                    sim.release(layer)
         self._rewrite(module, sim, results, with_data=data is not None)
         summary = {"rows": rows, "seed": ctx.seed, "input_range": self._input_mode(data is not None),
                    "adc": self.adc if data is not None else "target", "columns": self.columns and data is not None,

@@ -45,8 +45,10 @@ def quantize(weight: np.ndarray, bits: int, per_column: bool) -> tuple[np.ndarra
     """Symmetric quantisation of a (..., K, N) weight: ``(W_q int64, scales)``.
 
     s = max|W| / (2^(bits-1) - 1) over the whole tensor (``scales`` 0-d) or over each column
-    (``scales`` of shape (..., N)); W_q = round(W / s) (half to even); an all-zero weight or
-    column gets s = 1 so that W_q·s is defined and exact.
+    (``scales`` of shape (..., N)); W_q = round(W / s) (half to even); an all-zero weight gets s = 1
+    so that W_q·s is defined and exact, an all-zero column the smallest scale of its matrix's other
+    columns (the column still reads output noise, which its scale multiplies: s = 1 made a tied
+    embedding's zero padding row dominate an LM head's logits).
     """
     qmax = 2 ** (bits - 1) - 1
     w = np.asarray(weight, np.float64)
@@ -63,7 +65,10 @@ def quantization_scales(weight: np.ndarray, bits: int, per_column: bool) -> np.n
     axis = -2 if per_column else None
     peak = np.maximum(np.max(weight, axis=axis), -np.min(weight, axis=axis)).astype(np.float64)
     step = np.asarray(peak / qmax, np.float64)
-    return np.where(step > 0, step, 1.0)
+    if per_column and step.size and not (step > 0).all():
+        smallest = np.where(step > 0, step, np.inf).min(axis=-1, keepdims=True)
+        step = np.where(step > 0, step, smallest)
+    return np.where((step > 0) & np.isfinite(step), step, 1.0)
 
 
 def dequantize(w_q: np.ndarray, scales: np.ndarray) -> np.ndarray:

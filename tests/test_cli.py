@@ -216,3 +216,13 @@ def test_targets_passes_version_and_help(capsys: pytest.CaptureFixture[str]) -> 
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_long_layer_names_keep_their_ends_in_the_text_report() -> None:
+    """A transformer's q, k and v projections differ only at the end of their paths."""
+    from afmc.report import _tail
+
+    names = [f"/m/encoder/layer.0/attention/self/{p}/MatMul" for p in ("query", "key", "value")]
+    shown = [_tail(name, 32) for name in names]
+    assert len(set(shown)) == 3 and all(len(s) == 32 and s.startswith("...") for s in shown)
+    assert shown[1] == "...r.0/attention/self/key/MatMul" and _tail("/fc/Gemm", 32) == "/fc/Gemm"

@@ -698,3 +698,24 @@ def test_the_pickle_check_finds_pickles() -> None:
            "numpy.load(f, allow_pickle=True)\nnp.lib.format.read_array(f)\ntorch.load('m.pt')\n")
     assert len(pickle_uses(bad)) == 6
     assert pickle_uses("import numpy as np\nwith np.load(p, allow_pickle=False) as d:\n    pass\n") == []
+
+
+def test_npz_entries_are_deflated_or_stored_by_what_pays(tmp_path: Path) -> None:
+    """Cell levels and conductances deflate (level 1); float weights of over 1 MiB that do not shrink are
+    stored; every entry reads back exactly, and the file is the same bytes when written again."""
+    import zipfile
+
+    rng = np.random.default_rng(0)
+    arrays = {"levels": rng.integers(0, 4, (600, 600)).astype(np.uint8),
+              "weights": rng.standard_normal((600, 600)).astype(np.float32),
+              "small": rng.standard_normal(10).astype(np.float32)}
+    bundle.write_npz(tmp_path / "a.npz", arrays)
+    bundle.write_npz(tmp_path / "b.npz", arrays)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.npz") as archive:
+        kinds = {info.filename: info.compress_type for info in archive.infolist()}
+    assert kinds == {"levels.npy": zipfile.ZIP_DEFLATED, "small.npy": zipfile.ZIP_DEFLATED,
+                     "weights.npy": zipfile.ZIP_STORED}
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as data:
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(data[name], array)

@@ -479,6 +479,48 @@ def test_per_read_noise_is_the_equivalent_output_noise() -> None:
 # -- 4. Monte-Carlo, switches, time ----------------------------------------------------------------------
 
 
+def test_an_all_zero_weight_column_reads_no_more_noise_than_the_others(tmp_path: Path) -> None:
+    """A tied LM head (the embedding's zero padding row) has an all-zero column; with per-column weight
+    scales it once got scale 1, and the output noise it reads, times 1, swamped every logit."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = (0.02 * rng.standard_normal((64, 32))).astype(np.float32)
+    w[:, 5] = 0.0
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 32])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "head.onnx"
+    path.write_bytes(model.SerializeToString())
+    module = load_module(path, None)
+    compile_module(module, load_target("pcm"), "canonicalize,partition,tile{scale=column}")
+    x = rng.standard_normal((8, 64)).astype(np.float32)
+    y = AnalogSimulator(module, load_target("pcm"), SimOptions()).run({"x": x})["y"]
+    error = np.abs(y - x @ w)
+    assert error[:, 5].max() <= 3 * np.delete(error, 5, axis=1).max()
+
+
+def test_programming_one_layer_at_a_time_gives_the_same_devices() -> None:
+    """calibrate without data programs, reads out and releases one layer at a time (the memory of one
+    layer's devices): each layer draws from its own streams, so its readout is the same as with all
+    layers programmed at once."""
+    module = compiled("cnn_digits", "pcm")
+    target = load_target("pcm")
+    whole = AnalogSimulator(module, target, SimOptions(seed=3))
+    lazy = AnalogSimulator(module, target, SimOptions(seed=3), program=False)
+    for layer, mine in zip(whole.layers, lazy.layers):
+        assert mine.weights is None
+        lazy.program(0, [mine])
+        lazy.set_time(0.0, [mine])
+        for key, matrix in whole.readout(layer, 0.5).items():
+            np.testing.assert_array_equal(lazy.readout(mine, 0.5)[key], matrix)
+        lazy.release(mine)
+        assert mine.weights is None and mine.programmed is None
+
+
 def test_same_seed_same_outputs_other_seed_other_outputs() -> None:
     module = compiled("cnn_digits", "pcm")
     inputs = sample_inputs("cnn_digits", BATCH)

@@ -10,6 +10,7 @@ as soon as it is imported, and every result type is static.
 
 from __future__ import annotations
 
+import ast
 import functools
 import itertools
 import os
@@ -40,6 +41,8 @@ from .loader import (
     format_bytes,
     load_skeleton,
     printable,
+    sort_nodes,
+    topological_order,
 )
 
 #: Results up to this size are folded at import. Shape arithmetic is tiny; weight-sized
@@ -90,9 +93,10 @@ def import_onnx(
         model, carved = load_skeleton(file)
         reader = TensorReader(os.path.dirname(os.path.abspath(file)), file, limit)
         # A carved skeleton is small and complete: check it in memory rather than have the
-        # checker parse the whole file (weights included) again.
+        # checker parse the whole file (weights included) again; so is a graph put in order here.
+        reordered = sort_nodes(model.graph)
         check: Callable[[onnx.ModelProto], None] = (
-            (lambda m: check_model_proto(m, file)) if carved else (lambda m: check_model_path(file))
+            (lambda m: check_model_proto(m, file)) if carved or reordered else (lambda m: check_model_path(file))
         )
         return _import(model, input_shapes, reader, check, fold_max_bytes)
 
@@ -113,7 +117,12 @@ def import_model(
     def run() -> Module:
         check_structure(model, None)
         reader = TensorReader(base_dir, None, limit)
-        return _import(model, input_shapes, reader, lambda m: check_model_proto(m, None), fold_max_bytes)
+        ordered = model
+        if topological_order(model.graph) is not None:  # sort a copy: the caller's model stays as it is
+            ordered = onnx.ModelProto()
+            ordered.CopyFrom(model)
+            sort_nodes(ordered.graph)
+        return _import(ordered, input_shapes, reader, lambda m: check_model_proto(m, None), fold_max_bytes)
 
     return _guarded(None, run)
 
@@ -163,8 +172,28 @@ def _import(
 
 
 def node_label(node: NodeProto, index: int, prefix: str = "") -> str:
-    """The node's location: its name, or ``<OpType>_<index>`` when it has none."""
-    return node.name or f"{prefix}{node.op_type}_{index}"
+    """The node's location: its name, or ``<OpType>_<index>`` when it has none. A node of torch.onnx's
+    dynamo exporter (named ``node_MatMul_48``) is prefixed with the torch module it came from, from its
+    ``pkg.torch.onnx.name_scopes`` metadata (``bert.encoder.layer.0.attention.self.query/node_MatMul_48``),
+    as the TorchScript exporter's names are: reports and ``keep-digital`` patterns can tell layers apart."""
+    name = node.name or f"{prefix}{node.op_type}_{index}"
+    scope = _torch_module(node)
+    return f"{scope}/{name}" if scope else name
+
+
+def _torch_module(node: NodeProto) -> str:
+    """The dotted path of the torch module a dynamo-exported node came from ('' when unknown or the root)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                return ""
+            if (isinstance(scopes, list) and len(scopes) >= 2 and scopes[0] == ""
+                    and all(isinstance(item, str) for item in scopes)):
+                return printable(scopes[-2])
+            return ""
+    return ""
 
 
 def supported_op_types() -> frozenset[str]:
@@ -328,6 +357,11 @@ def canonical_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, dict[
                 f"since, and the version converter cannot convert back: {reason}"
             ) from None
         raise FrontendError(f"cannot convert opset {version} to {OPSET}: {reason}") from None
+    # the converter drops node metadata (the dynamo exporter's module scopes, see `node_label`)
+    metadata = {node.name: node.metadata_props for node in model.graph.node if node.name and node.metadata_props}
+    for node in converted.graph.node:
+        if not node.metadata_props and node.name in metadata:
+            node.metadata_props.extend(metadata[node.name])
     return converted, OPSET, originals
 
 
@@ -389,6 +423,18 @@ def _module_name(graph_name: str) -> str:
     if not name:
         return "main"
     return f"m_{name}" if name[0].isdigit() else name
+
+
+def _symbol_sizes(pairs: Iterable[tuple[list[int | str] | None, tuple[int, ...]]]) -> dict[str, set[int]]:
+    """Named dimensions (ONNX ``dim_param``) to the sizes the given shapes give them, from (declared
+    dims, given shape) pairs. A name with one size fixes that dimension of the inputs not given (ONNX:
+    one name, one size in a graph); a name given two sizes fixes nothing."""
+    sizes: dict[str, set[int]] = {}
+    for dims, shape in pairs:
+        for dim, size in zip(dims or (), shape):
+            if isinstance(dim, str) and dim != "?":
+                sizes.setdefault(dim, set()).add(size)
+    return sizes
 
 
 def _type_of(type_proto: onnx.TypeProto) -> tuple[int, list[int | str] | None] | None:
@@ -490,20 +536,31 @@ class Importer:
                 f"input shape given for unknown input {', '.join(repr(n) for n in unknown)}; the model's inputs are {listed}"
             )
         missing: list[str] = []
+        parsed_inputs = []
         for info in real:
             parsed = _type_of(info.type)
             if parsed is None:
                 raise UnsupportedError(f"input '{info.name}' is not a tensor ({info.type.WhichOneof('value')})")
+            parsed_inputs.append((info, parsed))
+        given = {info.name: self._given_shape(info.name, input_shapes[info.name], parsed[1])
+                 for info, parsed in parsed_inputs if info.name in input_shapes}
+        sizes = _symbol_sizes((parsed[1], given[info.name]) for info, parsed in parsed_inputs if info.name in given)
+        bound = {name: next(iter(values)) for name, values in sizes.items() if len(values) == 1}
+        for info, parsed in parsed_inputs:
             dtype = _dtype_name(parsed[0], f"input '{info.name}'")
             dims = parsed[1]
-            if info.name in input_shapes:
-                shape = self._given_shape(info.name, input_shapes[info.name], dims)
-            elif dims is not None and all(isinstance(d, int) for d in dims):
-                shape = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+            if info.name in given:
+                shape = given[info.name]
+            elif dims is not None and all(isinstance(d, int) or d in bound for d in dims):
+                # a named dimension that a given shape fixes (ONNX: one name, one size in a graph)
+                shape = tuple(d if isinstance(d, int) else bound[d] for d in dims)
             else:
-                example = "x".join(str(d) if isinstance(d, int) else "1" for d in dims) if dims else "1x..."
+                example = "x".join(str(d) if isinstance(d, int) else str(bound.get(d, 1)) for d in dims) if dims else "1x..."
                 shown = "unknown rank" if dims is None else f"dynamic dimensions {dims}"
-                missing.append(f"input '{info.name}' has {shown}; give --input-shape {info.name}={example}")
+                clashes = [f"'{d}' is {' and '.join(map(str, sorted(sizes[d])))} in the given shapes"
+                           for d in dict.fromkeys(dims or ()) if isinstance(d, str) and len(sizes.get(d, ())) > 1]
+                note = f" ({'; '.join(clashes)})" if clashes else ""
+                missing.append(f"input '{info.name}' has {shown}{note}; give --input-shape {info.name}={example}")
                 continue
             value_type = TensorType(shape, dtype)
             self._check_bytes(value_type, f"input '{info.name}'")
@@ -662,8 +719,8 @@ class Importer:
             kind = AttributeProto.AttributeType.Name(attr.type)
             raise UnsupportedError(f"attribute '{name}' of type {kind} is not supported")
         value = read(attr)
-        if name in DTYPE_ATTRS and attr.type == AttributeProto.INT:
-            value = _dtype_name(value, f"attribute '{name}'")
+        if name in DTYPE_ATTRS and attr.type == AttributeProto.INT and not (name == "output_dtype" and value == 0):
+            value = _dtype_name(value, f"attribute '{name}'")  # QuantizeLinear's output_dtype 0: not given
         return value
 
     def schema(self, node: NodeProto) -> onnx.defs.OpSchema:
@@ -1084,6 +1141,58 @@ def import_dropout(imp: Importer, node: NodeProto, loc: str) -> None:
         imp.add_constant(np.ones(data.type.shape, dtype=np.bool_), node.output[1], loc)
 
 
+@handles("QuantizeLinear")
+def import_quantize_linear(imp: Importer, node: NodeProto, loc: str) -> None:
+    """The generic lowering, with ``output_dtype`` 0 (not given) spelled out as the element type it
+    stands for: the zero point's, else uint8."""
+    operands = [imp.operand(name) for name in node.input]
+    _check_element_types(imp.schema(node), operands)
+    attrs = imp.attributes(node)
+    if attrs.get("output_dtype", 0) == 0:
+        zero = operands[2] if len(operands) > 2 else None
+        attrs["output_dtype"] = zero.type.dtype if zero is not None else "u8"
+    names = imp.output_names(node, loc)
+    imp.emit("nn.quantize_linear", operands, imp.infer(node, names, operands, attrs), names, attrs, loc)
+
+
+@handles("MatMulInteger")
+def import_matmul_integer(imp: Importer, node: NodeProto, loc: str) -> None:
+    """With a constant 2-D B and zero points (the weights of onnxruntime's dynamically quantized models):
+    ``Cast<int32>((float(A) - float(a_zero_point)) @ float(B - b_zero_point))``, so that the weight is
+    an ordinary float MatMul that maps onto the arrays; equal to the int32 product while its sums stay
+    below 2^24 in magnitude (float32 rounding beyond). Anything else is ``nn.matmul_integer``."""
+    names = list(node.input) + [""] * (4 - len(node.input))
+    a, b = imp.operand(names[0]), imp.operand(names[1])
+    a_zero = imp.operand(names[2]) if names[2] else None
+    b_zero = imp.operand(names[3]) if names[3] else None
+    assert a is not None and b is not None
+    weight, b_offset = imp.constant(b), None if b_zero is None else imp.constant(b_zero)
+    if (weight is None or weight.ndim != 2 or a.type.rank < 1 or (b_zero is not None and b_offset is None)
+            or (a_zero is not None and a_zero.type.numel != 1) or imp.constant(a) is not None):
+        import_generic(imp, node, loc)
+        return
+    matrix = weight.astype(np.int32)
+    if b_offset is not None:
+        matrix = matrix - b_offset.astype(np.int32)  # a scalar, or one per column (shape [N])
+    shape = (*a.type.shape[:-1], matrix.shape[1]) if a.type.rank > 1 else (matrix.shape[1],)
+
+    def step(nn_name: str, operands: list[Value], value_type: TensorType, hint: str | None, attrs: dict[str, Any]) -> Value:
+        name = node.output[0] if hint is None else imp.synthetic_name(f"{node.output[0]}.{hint}")
+        imp.onnx_names.add(name)  # bound like the model's own values
+        imp.emit(nn_name, operands, [value_type], [name], attrs, loc)
+        value = imp.value(name)
+        assert value is not None
+        return value
+
+    x = step("nn.cast", [a], TensorType(a.type.shape, "f32"), "a", {"to": "f32", "saturate": 1})
+    if a_zero is not None:
+        offset = step("nn.cast", [a_zero], TensorType(a_zero.type.shape, "f32"), "a_zero", {"to": "f32", "saturate": 1})
+        x = step("nn.sub", [x, offset], x.type, "a_centred", {})
+    w = imp.add_constant(matrix.astype(np.float32), imp.synthetic_name(f"{node.output[0]}.weight"), loc)
+    product = step("nn.matmul", [x, w], TensorType(shape, "f32"), "float", {})
+    step("nn.cast", [product], TensorType(shape, "i32"), None, {"to": "i32", "saturate": 1})
+
+
 @handles("CastLike")
 def import_cast_like(imp: Importer, node: NodeProto, loc: str) -> None:
     """``CastLike(x, like)`` is ``Cast(x)`` to the (static) element type of ``like``."""
@@ -1099,7 +1208,12 @@ def import_if(imp: Importer, node: NodeProto, loc: str) -> None:
     cond = imp.operand(node.input[0])
     array = imp.constant(cond)
     if array is None:
-        raise UnsupportedError("If with a condition computed at run time (data-dependent control flow) is not supported")
+        source = node.input[0]
+        origin = (f"the model's input '{source}'" if source in {v.name for v in imp.module.inputs}
+                  else f"'{source}'")
+        raise UnsupportedError(f"If with a condition computed at run time ({origin}; data-dependent control flow) is "
+                               "not supported; export the branch you need as its own model (e.g. optimum's "
+                               "decoder_model.onnx and decoder_with_past_model.onnx for a merged decoder)")
     if np.asarray(array).size != 1:
         raise FrontendError(f"If condition has {np.asarray(array).size} elements, needs one")
     taken = "then_branch" if bool(np.asarray(array).reshape(-1)[0]) else "else_branch"

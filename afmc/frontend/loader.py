@@ -8,6 +8,7 @@ weights costs little more than its graph. Every way a file can be wrong ends in 
 
 from __future__ import annotations
 
+import heapq
 import math
 import mmap
 import os
@@ -236,6 +237,65 @@ def _non_text_string(message: Any, where: str = "") -> str | None:
                 if found:
                     return found
     return None
+
+
+def sort_nodes(graph: onnx.GraphProto) -> bool:
+    """Put ``graph``'s nodes in a topological order when they are not (ONNX requires one; some
+    converters, e.g. float16 converters that keep float32 inputs, append nodes out of order and
+    onnxruntime sorts them). Returns whether it reordered (see `topological_order`)."""
+    order = topological_order(graph)
+    if order is None:
+        return False
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
+    return True
+
+
+def topological_order(graph: onnx.GraphProto) -> list[int] | None:
+    """A stable topological order of ``graph``'s nodes (nodes already in order keep their places),
+    or None when the nodes are in order already, or cannot be (a cycle: left for the checker to name).
+    A node with subgraphs comes after the producers of the outer values its subgraphs read."""
+    nodes = list(graph.node)
+    producer = {name: index for index, node in enumerate(nodes) for name in node.output if name}
+
+    def needs(node: onnx.NodeProto) -> set[int]:
+        names = set(node.input)
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
+                names.update(_referenced(sub))
+        return {producer[name] for name in names if name in producer}
+
+    deps = [needs(node) for node in nodes]
+    if all(d < i for i, ds in enumerate(deps) for d in ds):
+        return None
+    users: list[list[int]] = [[] for _ in nodes]
+    waiting = [len(ds) for ds in deps]
+    for index, ds in enumerate(deps):
+        for d in ds:
+            users[d].append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)  # the lowest original position first: a stable order
+    order: list[int] = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for user in users[index]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                heapq.heappush(ready, user)
+    return order if len(order) == len(nodes) else None
+
+
+def _referenced(graph: onnx.GraphProto) -> set[str]:
+    """Every value name a graph's nodes (and their subgraphs) read."""
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
+                names.update(_referenced(sub))
+    return names
 
 
 def check_model_path(path: str) -> None:

@@ -399,7 +399,9 @@ class AnalogLayer:
 class AnalogSimulator(Interpreter):
     """Run a compiled module with non-ideal analog arrays (see the module doc)."""
 
-    def __init__(self, module: Module, target: Any, options: SimOptions | None = None) -> None:
+    def __init__(self, module: Module, target: Any, options: SimOptions | None = None, *, program: bool = True) -> None:
+        """``program`` False leaves the arrays unprogrammed: `program` and `set_time` then take the
+        layers to program (one at a time keeps the memory of one layer's devices)."""
         super().__init__(module)
         self.target = target
         self.options = options = options or SimOptions()
@@ -439,7 +441,7 @@ class AnalogSimulator(Interpreter):
                                 f"{len(self.dac.phases)} phases")
             bound = np.abs(layer.physical_levels).sum(axis=1).max() * max(abs(self.dac.q_lo), abs(self.dac.q_hi))
             layer.exact_dtype = F32 if bound < 2**24 else np.float64  # type: ignore[attr-defined]
-        if not options.ideal:
+        if not options.ideal and program:
             self.program(0)
             self.set_time(options.t_inference)
 
@@ -468,8 +470,10 @@ class AnalogSimulator(Interpreter):
         return self.options.effects.any and self.device.name != "ideal"
 
     # -- programming instances and time -----------------------------------------------------------
-    def program(self, sample: int) -> None:
-        """Program every array anew: Monte-Carlo instance ``sample`` (0 ≤ sample < options.samples)."""
+    def program(self, sample: int, layers: Sequence[AnalogLayer] | None = None) -> None:
+        """Program every array (of ``layers``, default all) anew: Monte-Carlo instance ``sample``
+        (0 ≤ sample < options.samples). A layer's devices draw from their own stream (sample, layer), so
+        programming layers one at a time gives the same devices."""
         if self.options.ideal:
             return
         if not 0 <= sample < len(self._samples):
@@ -477,7 +481,7 @@ class AnalogSimulator(Interpreter):
         self.sample, self.time = sample, None
         self._readouts.clear()
         seq = self._samples[sample]
-        for layer in self.layers:
+        for layer in self.layers if layers is None else layers:
             if self.device_effects:
                 layer.program(self.device, _child(seq, 0, layer.device_index), self.options.effects, self.parallel)
                 if self.options.drift_compensation == "global":  # the reference read, at t0
@@ -486,9 +490,9 @@ class AnalogSimulator(Interpreter):
             else:
                 layer.programmed = None
 
-    def set_time(self, t: float) -> None:
-        """Age the programmed arrays to ``t`` seconds after programming and draw that time's static read
-        noise; resets the per-MVM noise stream of the inferences that follow."""
+    def set_time(self, t: float, layers: Sequence[AnalogLayer] | None = None) -> None:
+        """Age the programmed arrays (of ``layers``, default all) to ``t`` seconds after programming and
+        draw that time's static read noise; resets the per-MVM noise stream of the inferences that follow."""
         if self.options.ideal:
             return
         if self.sample is None:
@@ -497,7 +501,7 @@ class AnalogSimulator(Interpreter):
         key = time_key(t)
         ir = self.options.ir_drop
         units = {phase.unit for phase in self.dac.phases}
-        for layer in self.layers:
+        for layer in self.layers if layers is None else layers:
             if self.device_effects:
                 layer.set_time(self.device, t, _child(seq, 1, key, layer.device_index), self.options.effects)
                 layer.alpha = None
@@ -513,6 +517,15 @@ class AnalogSimulator(Interpreter):
         self._readouts.clear()
         self._noise_seq = _child(seq, 2, key)
         self._calls = 0
+
+    def release(self, layer: AnalogLayer) -> None:
+        """Drop ``layer``'s programmed devices, weight stacks and readouts (it reads again only after
+        `program` and `set_time`)."""
+        layer.programmed = layer.weights = None
+        layer.ir_stack = layer.abs_weights = layer.abs_basis = layer.abs_coeffs = None
+        layer.__dict__.pop("_phase_factors", None)
+        for key in [k for k in self._readouts if k[0] == layer.index]:
+            del self._readouts[key]
 
     # -- interpretation ---------------------------------------------------------------------------
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

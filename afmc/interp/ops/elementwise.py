@@ -295,3 +295,62 @@ def cast(op: Op, args: Sequence[Array | None]) -> list[Array]:
         return [x.astype(np.float64).astype(target) if target.kind != "b" else x.astype(target)]
     with np.errstate(all="ignore"):
         return [np.asarray(x.astype(target))]
+
+
+# -- linear quantization (ONNX opset 21: scalar, per-axis and blocked scales) ---------------------------
+_QUANT_RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127),
+                 np.dtype(np.uint16): (0, 65535), np.dtype(np.int16): (-32768, 32767)}
+
+
+def _per_element(value: Array, shape: tuple[int, ...], axis: int, block_size: int) -> Array:
+    """A scale or zero point broadcastable to ``shape``: a scalar, a 1-D per-axis vector, or blocks
+    along ``axis`` (each entry repeated ``block_size`` times, the last block cut to fit)."""
+    value = np.asarray(value)
+    if value.ndim == 0 or value.size == 1:
+        return value.reshape(())
+    axis = axis + len(shape) if axis < 0 else axis
+    if not block_size:
+        dims = [1] * len(shape)
+        dims[axis] = value.size
+        return value.reshape(dims)
+    return np.repeat(value, block_size, axis=axis).take(range(shape[axis]), axis=axis)
+
+
+@impl("nn.dequantize_linear")
+def dequantize_linear(op: Op, args: Sequence[Array | None]) -> list[Array]:
+    """y = (x - zero_point) * scale, in float32, in the scale's type."""
+    x, scale = np.asarray(args[0]), np.asarray(args[1])
+    zero = args[2] if len(args) > 2 else None
+    axis, block = int(op.attr("axis", 1)), int(op.attr("block_size", 0))
+    dx = x.astype(np.float32)
+    if zero is not None:
+        dx = dx - _per_element(zero, x.shape, axis, block).astype(np.float32)
+    return [to_dtype(dx * _per_element(scale, x.shape, axis, block).astype(np.float32), scale.dtype)]
+
+
+@impl("nn.quantize_linear")
+def quantize_linear(op: Op, args: Sequence[Array | None]) -> list[Array]:
+    """y = saturate(round_half_even(x / scale) + zero_point), in the zero point's type (else
+    ``output_dtype``, else uint8)."""
+    x, scale = np.asarray(args[0]), np.asarray(args[1])
+    zero = args[2] if len(args) > 2 else None
+    axis, block = int(op.attr("axis", 1)), int(op.attr("block_size", 0))
+    target = dtypes.to_numpy(op.results[0].type.dtype)
+    low, high = _QUANT_RANGES[target]
+    q = np.rint(x / _per_element(scale, x.shape, axis, block).astype(x.dtype)).astype(np.int64)
+    if zero is not None:
+        q = q + _per_element(zero, x.shape, axis, block).astype(np.int64)
+    return [np.clip(q, low, high).astype(target)]
+
+
+@impl("nn.dynamic_quantize_linear")
+def dynamic_quantize_linear(op: Op, args: Sequence[Array | None]) -> list[Array]:
+    """uint8 quantization over the range [min(0, min x), max(0, max x)] (onnxruntime's arithmetic, in
+    float32): scale = (max - min) / 255 (1/255 for an all-zero x), zero point = round(-min / scale)."""
+    x = np.asarray(args[0], np.float32)
+    high = np.float32(max(0.0, float(x.max()))) if x.size else np.float32(0)
+    low = np.float32(min(0.0, float(x.min()))) if x.size else np.float32(0)
+    scale = np.float32(np.float32(1.0) if high == low else high - low) / np.float32(255)
+    zero = np.float32(np.rint(np.clip(np.float32(0) - low / scale, 0, 255)))
+    y = np.clip(np.rint(x / scale) + zero, 0, 255)
+    return [y.astype(np.uint8), np.asarray(scale, np.float32), np.asarray(zero).astype(np.uint8)]

@@ -220,6 +220,21 @@ def matmul(op: Op, args: Sequence[Array | None]) -> list[Array]:
     return [to_dtype(np.matmul(a.astype(work, copy=False), b.astype(work, copy=False)), a.dtype)]
 
 
+@impl("nn.matmul_integer")
+def matmul_integer(op: Op, args: Sequence[Array | None]) -> list[Array]:
+    """(A - a_zero_point) @ (B - b_zero_point) in int32; a per-row a_zero_point (1-D, one per row of
+    A) and a per-column b_zero_point (1-D, one per column of B) broadcast as such."""
+    a, b = np.asarray(args[0]).astype(np.int32), np.asarray(args[1]).astype(np.int32)
+    a_zero = args[2] if len(args) > 2 else None
+    b_zero = args[3] if len(args) > 3 else None
+    if a_zero is not None:
+        z = np.asarray(a_zero).astype(np.int32)
+        a = a - (z.reshape(-1, 1) if z.ndim == 1 and z.size > 1 else z.reshape(()) if z.size == 1 else z)
+    if b_zero is not None:
+        b = b - np.asarray(b_zero).astype(np.int32)
+    return [np.matmul(a, b).astype(np.int32)]
+
+
 @impl("nn.gemm")
 def gemm(op: Op, args: Sequence[Array | None]) -> list[Array]:
     """alpha * A' B' + beta * C; C is skipped when absent or beta is 0 (so inf * 0 cannot leak NaN)."""
