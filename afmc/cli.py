@@ -143,9 +143,12 @@ def compile_command(
                                   any(p.name == "calibrate" for p in passes))
     module = load_module(model, shapes)
     data, sample = _calibration_arrays(module, data_path)
-    result = compile_module(module, spec, instruments=instruments, seed=seed, passes=passes, calibration_data=data)
-    if timing:
-        sys.stderr.write(instruments.timing_report())
+    try:
+        result = compile_module(module, spec, instruments=instruments, seed=seed, passes=passes,
+                                calibration_data=data, require_fit=True)
+    finally:
+        if timing and instruments.times:
+            sys.stderr.write(instruments.timing_report())
     if spec is None:
         text = print_module(result.module)
         if output is None:

@@ -67,10 +67,13 @@ def compile_module(
     calibration_data: dict[str, Any] | None = None,
     stop_after: str | None = None,
     passes: list[Pass] | None = None,
+    require_fit: bool = False,
 ) -> Compilation:
     """Run the pipeline on ``module`` (in place); ``stop_after`` ends after the named pass.
 
     ``passes`` (already parsed) wins over ``pipeline`` (a string) and the target's default.
+    ``require_fit``: raise `DoesNotFit` right after the last tiling/placement pass when the model does not
+    fit the target, before the passes after it (calibrate) spend their time on a bundle never written.
     """
     passes = passes if passes is not None else pipeline_for(target, pipeline)
     if stop_after is not None:
@@ -80,7 +83,15 @@ def compile_module(
         passes = passes[: len(names) - names[::-1].index(stop_after)]
     ctx = PassContext(target=target, seed=seed, calibration_data=calibration_data)
     instruments = instruments or Instrumentation()
-    run_passes(module, passes, ctx, instruments)
+    last = max((i for i, p in enumerate(passes) if p.name in CHECK_PASSES), default=None)
+
+    def refuse_misfit(index: int, module: Module, ctx: PassContext) -> None:
+        if index == last and target is not None:
+            from .report import build_report
+
+            raise_if_does_not_fit(build_report(module, target, ctx.report, {}))
+
+    run_passes(module, passes, ctx, instruments, after=refuse_misfit if require_fit else None)
     return Compilation(module, ctx, instruments)
 
 

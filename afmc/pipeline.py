@@ -291,8 +291,10 @@ def run_passes(
     passes: list[Pass],
     ctx: PassContext | None = None,
     instruments: Instrumentation | None = None,
+    after: Callable[[int, Module, PassContext], None] | None = None,
 ) -> Module:
-    """Run ``passes`` in order, verifying the IR before the first and after each one."""
+    """Run ``passes`` in order, verifying the IR before the first and after each one; ``after(index,
+    module, ctx)`` is called once pass ``index`` is done (and may raise to end the pipeline there)."""
     ctx = ctx or PassContext()
     instruments = instruments or Instrumentation()
     try:
@@ -314,6 +316,8 @@ def run_passes(
         instruments.times.append((pass_.name, time.perf_counter() - start))
         instruments.after(pass_.name, module)
         done.append(pass_.name)
+        if after is not None:
+            after(len(done) - 1, module, ctx)
     return module
 
 

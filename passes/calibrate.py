@@ -565,9 +565,14 @@ class Calibrate(Pass):
         return {key: np.array(value, np.float64) for key, value in sim.forward(layer, unfolded).items()}, chosen
 
     def _measure_reference(self, sim: Any, layer: Any, state: LayerCalibration) -> None:
-        """The reference readout right after programming, with the layer's final ranges."""
+        """The reference readout right after programming, with the layer's final ranges. A layer whose
+        weights are all zero (a zero-initialised residual branch) reads only noise: it gets reference 0,
+        so no compensation, which would divide that noise by the noise read later."""
         smallest = min(sim.adc_bound(layer, op) for op in layer.ops)
         state.amplitude = float(min(1.0, READOUT_HEADROOM * smallest))
+        if not np.any(layer.signed_levels):
+            state.global_reference = 0.0
+            return
         state.global_reference = float(sim.reference_level(layer, state.amplitude))
         state.reference = {id(acc): np.asarray(sim.reference_level(layer, state.amplitude, acc), np.float64)
                            for acc in layer.accumulates}

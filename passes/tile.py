@@ -45,30 +45,27 @@ def quantize(weight: np.ndarray, bits: int, per_column: bool) -> tuple[np.ndarra
     """Symmetric quantisation of a (..., K, N) weight: ``(W_q int64, scales)``.
 
     s = max|W| / (2^(bits-1) - 1) over the whole tensor (``scales`` 0-d) or over each column
-    (``scales`` of shape (..., N)); W_q = round(W / s) (half to even); an all-zero weight gets s = 1
-    so that W_q·s is defined and exact, an all-zero column the smallest scale of its matrix's other
-    columns (the column still reads output noise, which its scale multiplies: s = 1 made a tied
-    embedding's zero padding row dominate an LM head's logits).
+    (``scales`` of shape (..., N)); W_q = round(W / s) (half to even); an all-zero weight or
+    column gets s = 0 and W_q = 0: its outputs are exactly 0, whatever noise its arrays read (a
+    scale of 1 would multiply that noise by 1 instead of by the layer's ~max|W|/127).
     """
     qmax = 2 ** (bits - 1) - 1
     w = np.asarray(weight, np.float64)
     scales = quantization_scales(w, bits, per_column)
-    q = np.rint(w / (scales[..., None, :] if per_column else scales))
+    divisor = np.where(scales > 0, scales, 1.0)
+    q = np.rint(w / (divisor[..., None, :] if per_column else divisor))
     return np.clip(q, -qmax, qmax).astype(np.int64), scales
 
 
 def quantization_scales(weight: np.ndarray, bits: int, per_column: bool) -> np.ndarray:
-    """``quantize``'s scales alone: max|W| / (2^(bits-1) - 1), from the extremes (no |W| copy)."""
+    """``quantize``'s scales alone: max|W| / (2^(bits-1) - 1), from the extremes (no |W| copy); 0 for an
+    all-zero weight or column."""
     qmax = 2 ** (bits - 1) - 1
     if qmax < 1:
         raise ValueError(f"symmetric quantisation needs at least 2 bits, got {bits}")
     axis = -2 if per_column else None
     peak = np.maximum(np.max(weight, axis=axis), -np.min(weight, axis=axis)).astype(np.float64)
-    step = np.asarray(peak / qmax, np.float64)
-    if per_column and step.size and not (step > 0).all():
-        smallest = np.where(step > 0, step, np.inf).min(axis=-1, keepdims=True)
-        step = np.where(step > 0, step, smallest)
-    return np.where((step > 0) & np.isfinite(step), step, 1.0)
+    return np.asarray(peak / qmax, np.float64)
 
 
 def dequantize(w_q: np.ndarray, scales: np.ndarray) -> np.ndarray:

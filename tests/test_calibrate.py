@@ -7,6 +7,7 @@ measures accuracy over time on the full splits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -285,6 +286,74 @@ def test_readout_right_after_programming_repeats_the_stored_reference() -> None:
     assert all(1.3 < a < 1.8 for a in alphas), alphas
     with pytest.raises(Exception, match="compensates drift itself"):
         AnalogSimulator(module, load_target("pcm"), SimOptions(drift_compensation="global"))
+
+
+def _without_drift_ops(module):  # type: ignore[no-untyped-def]
+    for op in ops(module, "xbar.drift_compensate"):
+        module.forward(op.result, op.operands[0])
+    module.remove_dead()
+    return module
+
+
+def test_compensation_readouts_leave_pending_column_blocks_alone() -> None:
+    """On pcm with 64-column arrays fc1 of the digits MLP (64 inputs, 128 outputs) has two column blocks. At
+    t0 on the calibrated instance α = 1, so the outputs equal those of the module without its compensation
+    ops, bit for bit: the readout of the first block's compensation (64 one-hot vectors of 64 rows) must not
+    overwrite the second block's array results (64 input vectors here), which wait in the layer's
+    workspace of that shape for their accumulate."""
+    pcm = load_target("pcm")
+    target = dataclasses.replace(pcm, array=dataclasses.replace(pcm.array, cols=64))
+    module = load_module(sample_path("mlp_digits"), sample_shapes("mlp_digits", 64))
+    compile_module(module, target, f"{BEFORE},calibrate{{samples=8 columns=false}}", calibration_data=calibration("mlp_digits"))
+    assert len(ops(module, "xbar.drift_compensate")) > len({op.attr("layer") for op in ops(module, "xbar.accumulate")})
+    inputs, _ = test_split("mlp_digits", 64)
+    got = AnalogSimulator(module, target, SimOptions()).run(inputs)["logits"]
+    plain = AnalogSimulator(_without_drift_ops(module), target, SimOptions()).run(inputs)["logits"]
+    np.testing.assert_array_equal(got, plain)
+
+
+def test_switched_off_effects_and_other_instances_measure_their_own_reference() -> None:
+    """The stored references describe instance 0 with every effect on. Another seed, or effects switched
+    off, read other arrays: those measure their own reference at t0, so α = 1 right after programming
+    there too, and with every effect off the non-ideal path is the ideal one again."""
+    module, _ = calibrated("mlp_digits", target="pcm", spec="calibrate{samples=8 columns=false}")
+    inputs, _ = test_split("mlp_digits", 8)
+    target = load_target("pcm")
+    plain = _without_drift_ops(parse_module(print_module(module, constants=True)))
+    for options in (SimOptions(seed=5), SimOptions().without("out-noise", "read-noise"), SimOptions(samples=2)):
+        sim = AnalogSimulator(module, target, options)
+        bare = AnalogSimulator(plain, target, options)
+        if options.samples > 1:
+            sim.program(1), sim.set_time(0.0), bare.program(1), bare.set_time(0.0)
+        np.testing.assert_array_equal(sim.run(inputs)["logits"], bare.run(inputs)["logits"])
+    everything = SimOptions().without("dac", "adc", "out-noise", "programming-noise", "drift", "read-noise",
+                                      "stuck", "ir-drop")
+    got = AnalogSimulator(module, target, everything).run(inputs)["logits"]
+    ideal = AnalogSimulator(module, target, SimOptions(ideal=True)).run(inputs)["logits"]
+    np.testing.assert_allclose(got, ideal, rtol=1e-5, atol=1e-5 * float(np.abs(ideal).max()))
+
+
+def test_a_layer_of_zero_weights_outputs_its_bias_and_is_not_compensated() -> None:
+    """A zero-initialised residual branch (timm's zero_init_last in a randomly initialised ResNet): scale 0,
+    so its output is exactly its bias whatever the arrays read, and no drift compensation (its readout
+    would be noise alone; without output noise it would be 0 and α = r0 / 0)."""
+    module = load_module(sample_path("mlp_digits"), sample_shapes("mlp_digits", 8))
+    fc2 = next(op for op in module.ops if op.name == "nn.gemm" and "fc2" in op.loc)
+    weight = module.constant_of(fc2.operands[1])
+    _, zeros = module.add_constant(np.zeros_like(weight), "fc2.zero", fc2.loc)
+    module.ops.insert(module.ops.index(fc2), zeros)
+    fc2.set_operand(1, zeros.result)
+    module.remove_dead()
+    target = load_target("pcm")
+    compile_module(module, target, target.pipeline, calibration_data=calibration("mlp_digits"))
+    assert not any("fc2" in op.attr("layer") for op in ops(module, "xbar.drift_compensate"))
+    assert all(op.attr("column_scales") is not None and not np.any(op.attr("column_scales"))
+               for op in ops(module, "xbar.accumulate") if "fc2" in op.attr("layer"))
+    inputs, _ = test_split("mlp_digits", 8)
+    for options in (SimOptions(), SimOptions().without("out-noise"), SimOptions(t_inference=DAY)):
+        logits = AnalogSimulator(module, target, options).run(inputs)["logits"]
+        assert np.all(np.isfinite(logits))
+        assert np.ptp(logits, axis=0).max() < 1e-6  # fc2 gives its bias alone: every row the same logits
 
 
 @pytest.mark.parametrize(("target", "tile"), [("pcm", "tile"), ("crossbar", "tile"), ("pcm", "tile{scale=column}")])

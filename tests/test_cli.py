@@ -88,9 +88,14 @@ def test_too_large_model_exits_3_and_names_layers(tmp_path: Path, capsys: pytest
     code, out, _ = run_main(["check", str(model), "--target", "pcm", "--format", "junit"], capsys)
     suite = ET.fromstring(out)
     assert code == 3 and suite.get("failures") == "2"
-    code, out, err = run_main(["compile", str(model), "--target", "pcm", "-o", str(tmp_path / "b")], capsys)
-    assert code == 3 and err.startswith("afmc: error:") and "fc2 (16 short)" in err
+    code, out, err = run_main(["compile", str(model), "--target", "pcm", "-o", str(tmp_path / "b"), "--timing"],
+                              capsys)
+    assert code == 3 and "afmc: error: does not fit" in err and "fc2 (16 short)" in err
     assert not (tmp_path / "b").exists()
+    passes = [line.split()[-1] for line in err.splitlines() if "%)" in line]
+    assert passes[-2:] == ["place", "Total"] and "calibrate" not in passes  # refused before calibrating
+    code, out, err = run_main(["run", str(model), "--target", "pcm", "--ideal"], capsys)
+    assert code == 0 and "big.onnx does not fit pcm (80 of 64 arrays); simulated as if" in err
 
 
 def test_check_text_and_junit_on_a_fit(capsys: pytest.CaptureFixture[str]) -> None:

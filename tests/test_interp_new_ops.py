@@ -177,3 +177,27 @@ def test_prelu_broadcasts_the_slope() -> None:
 )
 def test_einsum(equation: str, shapes: list[tuple[int, ...]]) -> None:
     check("Einsum", [rand(*s) for s in shapes], equation=equation)
+
+
+def _grid(n: int, *out: int, dims: int = 2) -> np.ndarray:
+    """Normalised positions, a third of them outside [-1, 1], with the corners and the centre exactly."""
+    grid = rand(n, *out, dims, low=-1.6, high=1.6)
+    grid.reshape(-1)[: 3 * dims] = np.repeat(np.array([-1.0, 1.0, 0.0], np.float32), dims)
+    return grid
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align_corners", [0, 1])
+def test_grid_sample_2d(mode: str, padding_mode: str, align_corners: int) -> None:
+    """RT-DETR's deformable attention samples with GridSample. Cubic with border padding pads each tap
+    (onnxruntime and PyTorch); the ONNX reference clamps the position first and differs there."""
+    check("GridSample", [rand(2, 3, 5, 4), _grid(2, 4, 3)], mode=mode, padding_mode=padding_mode,
+          align_corners=align_corners)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_grid_sample_3d_and_one_pixel_inputs(mode: str, padding_mode: str) -> None:
+    check("GridSample", [rand(1, 2, 3, 4, 5), _grid(1, 2, 3, 2, dims=3)], mode=mode, padding_mode=padding_mode)
+    check("GridSample", [rand(2, 2, 1, 1), _grid(2, 3, 3)], mode=mode, padding_mode=padding_mode, align_corners=0)

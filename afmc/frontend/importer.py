@@ -762,7 +762,8 @@ class Importer:
                 self.schema(node), node, input_types, input_data, opset_imports=self.opset_imports
             )
         except Exception as exc:  # noqa: BLE001  (InferenceError, ValidationError, SchemaError, ...)
-            raise FrontendError(f"shape inference failed: {first_line(exc)}") from None
+            shapes = ", ".join("none" if v is None else str(v.type) for v in operands)
+            raise FrontendError(f"shape inference failed on operands {shapes}: {first_line(exc)}") from None
         fix = SHAPE_FIXES.get(node.op_type)
         types: list[TensorType | None] = []
         for index, name in enumerate(names):

@@ -53,6 +53,7 @@ ONNX_TO_NN: dict[str, str] = {
     "GlobalAveragePool": "nn.global_average_pool",
     "GlobalMaxPool": "nn.global_max_pool",
     "Greater": "nn.greater",
+    "GridSample": "nn.grid_sample",
     "GreaterOrEqual": "nn.greater_or_equal",
     "GroupNormalization": "nn.group_normalization",
     "HardSigmoid": "nn.hard_sigmoid",

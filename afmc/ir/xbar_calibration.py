@@ -25,7 +25,9 @@ the time of the inference: every input row k of the layer is driven alone (one-h
 the normalised input scale) through the non-ideal path, the reads combined like the layer's outputs
 (``xbar.accumulate``), which gives the measured weight matrix W_t (K × N); ``r_t = mean_k |W_t[k, n]|``
 per column, or ``mean_{k,n} |W_t|`` over the whole layer. ``reference`` is that readout right after
-programming (REFERENCE.md §1). Ideal arrays do not drift: the ideal semantics are the identity.
+programming (REFERENCE.md §1). A readout ``r_t`` of 0 (no one-hot read above the ADC's first step) gives
+``α = 1``; the pass inserts no compensation for a layer whose weights are all zero. Ideal arrays do not
+drift: the ideal semantics are the identity.
 
 ``xbar.calibrate`` (one per ``xbar.accumulate``, after the drift compensation): ``y · gain + offset``
 per column (f64 ``dense`` vectors of c1-c0), learned by least squares from the analog outputs against

@@ -19,6 +19,7 @@ samples each metric is reported as mean, std (population, over samples) and the 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -193,7 +194,8 @@ def simulate(
         seconds["program"] += clock() - start
         for index, t in enumerate(times):
             start = clock()
-            sim.set_time(t)
+            if sample or index or t != options.t_inference:  # the constructor left instance 0 at t_inference
+                sim.set_time(t)
             seconds["read"] += clock() - start
             start = clock()
             results = [sim.run(chunk) for chunk in chunks]
@@ -401,10 +403,25 @@ def run_model(
             shapes[name] = (min(shape[0], batch), *shape[1:]) if shape else shape
         shapes = _static_batch(model_path, shapes)
     module = load_module(model_path, shapes)
-    compile_module(module, spec, pipeline, seed=options.seed)
+    compilation = compile_module(module, spec, pipeline, seed=options.seed)
+    _warn_if_does_not_fit(compilation, spec, model_path)
     feeds = inputs if inputs is not None else sample_inputs(module, options.seed)
     return _result(str(model_path), module, spec, _cast_inputs(module, feeds), options, times,
                    model_path if reference else None, labels)
+
+
+def _warn_if_does_not_fit(compilation: Any, target: Any, model_path: str | Path) -> None:
+    """A model larger than the chip still simulates (every layer gets its arrays), but say so."""
+    if getattr(target, "chip", None) is None or "tiles" not in compilation.context.report:
+        return
+    from ..report import build_report
+
+    report = build_report(compilation.module, target, compilation.context.report, {})
+    if report["status"] != "fits":
+        tiles = report["tiles"]
+        logging.getLogger("afmc.run").warning(
+            "%s does not fit %s (%d of %d arrays); simulated as if the chip had an array for every tile",
+            Path(model_path).name, target.name, tiles["required"], tiles["available"])
 
 
 def model_input_names(model_path: str | Path) -> list[str]:

@@ -441,9 +441,28 @@ class AnalogSimulator(Interpreter):
                                 f"{len(self.dac.phases)} phases")
             bound = np.abs(layer.physical_levels).sum(axis=1).max() * max(abs(self.dac.q_lo), abs(self.dac.q_hi))
             layer.exact_dtype = F32 if bound < 2**24 else np.float64  # type: ignore[attr-defined]
+        self._compensates = any(op.name == "xbar.drift_compensate" for op in module.ops)
+        self._own_reference = self._needs_own_reference(module, options)
+        self._t0_levels: dict[int, Any] = {}
+        self._t0_sample: int | None = None
         if not options.ideal and program:
             self.program(0)
             self.set_time(options.t_inference)
+
+    @staticmethod
+    def _needs_own_reference(module: Module, options: SimOptions) -> bool:
+        """Whether the ``xbar.drift_compensate`` references stored by ``calibrate`` describe other arrays
+        than the ones simulated: they were read on programming instance 0 of the compile seed with every
+        non-ideality at its default; another seed or a non-ideality switched off or changed reads
+        different arrays, which measure their own reference right after programming (as a chip does)."""
+        calibration = module.attributes.get("calibration")
+        if calibration is None or options.ideal or not any(op.name == "xbar.drift_compensate" for op in module.ops):
+            return False
+        default = SimOptions()
+        fields = ("dac", "adc", "out_noise", "programming_noise", "drift", "read_noise", "stuck", "ir_drop",
+                  "ir_drop_g_ratio", "noise_management")
+        return (options.seed != calibration.get("seed")
+                or any(getattr(options, f) != getattr(default, f) for f in fields))
 
     @staticmethod
     def _layers(module: Module) -> list[AnalogLayer]:
@@ -480,6 +499,7 @@ class AnalogSimulator(Interpreter):
             raise AfmcError(f"sample {sample} is outside 0..{len(self._samples) - 1}")
         self.sample, self.time = sample, None
         self._readouts.clear()
+        self._t0_levels, self._t0_sample = {}, None
         seq = self._samples[sample]
         for layer in self.layers if layers is None else layers:
             if self.device_effects:
@@ -497,6 +517,49 @@ class AnalogSimulator(Interpreter):
             return
         if self.sample is None:
             raise AfmcError("program() must come before set_time()")
+        if self._compensates and (self._own_reference or self.sample != 0) and self._t0_sample != self.sample:
+            self._measure_t0_references()  # leaves the arrays at t0
+            if t == 0.0:
+                return
+        self._age(t, layers)
+        if self._compensates:
+            # The readouts of time t, before any inference: a readout reads the layer's arrays into the
+            # layer's workspaces, which hold its pending array results during an inference (another
+            # column block's accumulate has not read them yet when the first compensation runs).
+            for layer, amplitude in self._compensated_reads():
+                self.readout(layer, amplitude)
+
+    def _compensated_reads(self) -> list[tuple[AnalogLayer, float]]:
+        """(layer, readout amplitude) of every ``xbar.drift_compensate``, once each."""
+        pairs: dict[tuple[int, float], tuple[AnalogLayer, float]] = {}
+        for op in self.module.ops:
+            layer = self._layer_named.get(str(op.attr("layer"))) if op.name == "xbar.drift_compensate" else None
+            if layer is not None:
+                pairs.setdefault((layer.index, float(op.attr("amplitude"))), (layer, float(op.attr("amplitude"))))
+        return list(pairs.values())
+
+    def _measure_t0_references(self) -> None:
+        """The drift-compensation readouts of this programming instance right after programming (t0),
+        for the instances and options whose arrays the stored references do not describe."""
+        self._age(0.0)
+        levels: dict[int, Any] = {}
+        for op in self.module.ops:
+            if op.name != "xbar.drift_compensate":
+                continue
+            layer = self._layer_named.get(str(op.attr("layer")))
+            source = op.operands[0]
+            acc = source.producer if source is not None else None
+            if layer is None or acc is None:
+                continue
+            amplitude = float(op.attr("amplitude"))
+            levels[id(op)] = (self.reference_level(layer, amplitude) if op.attr("mode") == "global"
+                              else np.asarray(self.reference_level(layer, amplitude, acc), np.float64))
+        self._t0_levels, self._t0_sample = levels, self.sample
+
+    def _age(self, t: float, layers: Sequence[AnalogLayer] | None = None) -> None:
+        """`set_time`'s work: age ``layers`` (default all) to ``t``, reset the readouts and the per-MVM
+        noise stream."""
+        assert self.sample is not None
         seq = self._samples[self.sample]
         key = time_key(t)
         ir = self.options.ir_drop
@@ -682,12 +745,17 @@ class AnalogSimulator(Interpreter):
         if layer is None or acc is None or all(acc is not a for a in layer.accumulates):
             raise AfmcError("xbar.drift_compensate must read an xbar.accumulate of its layer", node=op.loc or None)
         amplitude = float(op.attr("amplitude"))
+        stored = self._t0_levels.get(id(op))
+        reference = op.attr("reference") if stored is None else stored
+        # A readout of 0 (every one-hot read below the ADC's first step) measures nothing: that layer
+        # (or column) is left as it is rather than multiplied by reference / 0.
         if op.attr("mode") == "global":
             level = float(self.reference_level(layer, amplitude))
-            alpha: Any = float(op.attr("reference")) / max(level, 1e-30)
+            alpha: Any = float(reference) / level if level > 0 and float(reference) > 0 else 1.0
         else:
             level_c = np.asarray(self.reference_level(layer, amplitude, acc), np.float64)
-            alpha = np.asarray(op.attr("reference"), np.float64) / np.maximum(level_c, 1e-30)
+            r0 = np.asarray(reference, np.float64)
+            alpha = np.where((level_c > 0) & (r0 > 0), r0 / np.where(level_c > 0, level_c, 1.0), 1.0)
         return (np.asarray(y, np.float64) * alpha).astype(F32)
 
     def _quantise(self, layer: AnalogLayer, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ onnxruntime does in float32 are done in float64 where it only brings results clo
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -604,3 +605,96 @@ def resize(op: Op, args: Sequence[Array | None]) -> list[Array]:
         info = np.iinfo(x.dtype)
         y = np.clip(np.rint(y), info.min, info.max)
     return [to_dtype(y, x.dtype)]
+
+
+# -- grid sample ----------------------------------------------------------------------------------
+def _keys_cubic(t: Array) -> list[Array]:
+    """Keys' cubic convolution weights (α = −0.75) of the taps at −1, 0, 1, 2 for fractions ``t``."""
+    a = -0.75
+    return [
+        ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+        ((a + 2) * t - (a + 3)) * t * t + 1,
+        ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
+        ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a,
+    ]
+
+
+def _reflect(x: Array, lo: float, hi: float) -> Array:
+    """Fold ``x`` back into [lo, hi] by reflecting at the near border as often as needed."""
+    span = hi - lo
+    if span <= 0:
+        return np.full_like(x, lo)
+    below, above = x < lo, x > hi
+    dx = np.where(below, lo - x, np.where(above, x - hi, 0.0))
+    n = np.floor(dx / span)
+    r = dx - n * span
+    even = np.mod(n, 2) == 0
+    return np.where(below, np.where(even, lo + r, hi - r), np.where(above, np.where(even, hi - r, lo + r), x))
+
+
+@impl("nn.grid_sample")
+def grid_sample(op: Op, args: Sequence[Array | None]) -> list[Array]:
+    """Sample X (N, C, D1..Dn) at the normalised grid (N, O1..Om, n) positions (the last grid axis lists
+    x, y, ... for Dn, Dn-1, ...): nearest (half to even), linear or cubic (Keys, α = −0.75) taps,
+    separable over the dims; for nearest and linear, positions outside the borders are clamped
+    (``border``) or reflected (``reflection``) first; taps outside the input read 0 (``zeros``), the edge
+    (``border``) or their reflection (``reflection``). Cubic pads each tap alone, as PyTorch and
+    onnxruntime do (the ONNX reference clamps the position first: it differs with ``border``)."""
+    x, grid = np.asarray(args[0]), np.asarray(args[1], np.float64)
+    mode = {"bilinear": "linear", "bicubic": "cubic"}.get(op.attr("mode", "linear"), op.attr("mode", "linear"))
+    padding = op.attr("padding_mode", "zeros")
+    align = bool(op.attr("align_corners", 0))
+    if mode not in ("nearest", "linear", "cubic"):
+        raise unsupported(op, f"mode {mode!r}")
+    if padding not in ("zeros", "border", "reflection"):
+        raise unsupported(op, f"padding_mode {padding!r}")
+    n, c, dims = x.shape[0], x.shape[1], x.shape[2:]
+    out_shape = (n, c, *grid.shape[1:-1])
+    if math.prod(out_shape) == 0:
+        return [np.zeros(out_shape, x.dtype)]
+    flat_grid = grid.reshape(n, -1, grid.shape[-1])  # (N, Q, nd)
+    taps_per_dim: list[tuple[list[Array], list[Array]]] = []  # per spatial dim: tap indices, weights
+    for axis, size in enumerate(dims):
+        g = flat_grid[..., len(dims) - 1 - axis]
+        pos = (g + 1) / 2 * (size - 1) if align else ((g + 1) * size - 1) / 2
+        lo, hi = (0.0, size - 1.0) if align else (-0.5, size - 0.5)
+        if mode == "nearest":
+            pos = np.rint(pos)
+        outside = (pos < lo) | (pos > hi)
+        if mode == "cubic":
+            pass  # the taps are padded one by one (PyTorch and onnxruntime; the ONNX reference clamps first)
+        elif padding == "border":
+            pos = np.where(outside, np.clip(pos, 0, size - 1), pos)
+        elif padding == "reflection":
+            pos = np.where(outside, _reflect(pos, lo, hi), pos)
+        if mode == "nearest":
+            taps, weights = [np.trunc(pos)], [np.ones_like(pos)]
+        else:
+            base = np.floor(pos)
+            t = pos - base
+            if mode == "linear":
+                taps, weights = [base, base + 1], [1 - t, t]
+            else:
+                taps, weights = [base - 1, base, base + 1, base + 2], _keys_cubic(t)
+        fetched: list[Array] = []
+        valid: list[Array] = []
+        for tap in taps:
+            if padding == "zeros":
+                valid.append((tap >= 0) & (tap < size))
+                fetched.append(np.clip(tap, 0, size - 1))
+            elif padding == "border":
+                valid.append(np.ones(tap.shape, bool))
+                fetched.append(np.clip(tap, 0, size - 1))
+            else:
+                valid.append(np.ones(tap.shape, bool))
+                fetched.append(np.trunc(_reflect(tap, lo, hi)))
+        taps_per_dim.append(([f.astype(np.intp) for f in fetched],
+                             [w * v for w, v in zip(weights, valid)]))
+    source = x.reshape(n, c, -1).astype(np.float64)
+    strides = [math.prod(dims[axis + 1:]) for axis in range(len(dims))]
+    acc = np.zeros((n, c, flat_grid.shape[1]))
+    for combo in itertools.product(*[range(len(t[0])) for t in taps_per_dim]):
+        index = sum(taps_per_dim[a][0][k] * strides[a] for a, k in enumerate(combo))
+        weight = math.prod(taps_per_dim[a][1][k] for a, k in enumerate(combo))
+        acc += np.take_along_axis(source, np.asarray(index)[:, None, :], axis=2) * np.asarray(weight)[:, None, :]
+    return [to_dtype(acc.reshape(out_shape), x.dtype)]
