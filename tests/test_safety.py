@@ -494,6 +494,8 @@ def test_signals_wait_for_the_end_of_a_deferred_block() -> None:
     """The critical steps of a write: a signal in the middle is delivered after, as an exception."""
     steps = []
     handler = signal.getsignal(signal.SIGTERM)
+    # A shell starts background jobs with SIGINT ignored; the block must deliver it the usual way.
+    interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     with terminate_on_sigterm():
         for signum, exc in ((signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)):
             with pytest.raises(exc), signals_deferred():
@@ -504,6 +506,7 @@ def test_signals_wait_for_the_end_of_a_deferred_block() -> None:
         with pytest.raises(Terminated):  # outside a deferred block it is immediate
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.1)
+    signal.signal(signal.SIGINT, interrupt)
     assert signal.getsignal(signal.SIGTERM) == handler
 
 
