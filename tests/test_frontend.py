@@ -911,3 +911,19 @@ def test_dynamo_exported_nodes_are_located_by_their_torch_module(opset):
     module = import_model(model)
     locs = {op.name: op.loc for op in module.ops if op.name != "nn.constant"}
     assert locs == {"nn.matmul": "model.encoder.layer.0.query/node_MatMul_3", "nn.reduce_mean": "node_ReduceMean_4"}
+
+
+def test_failed_shape_inference_names_the_operand_shapes() -> None:
+    """A YOLO neck at an input size that is no multiple of 32: the upsampled 10x10 map meets the 9x9 skip
+    connection in a Concat. The error names the node and both operand shapes, not only onnx's wording."""
+    model = make_model(
+        [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("Resize", ["p", "", "s"], ["u"], mode="nearest"),
+         helper.make_node("Concat", ["u", "x"], ["y"], axis=1, name="neck")],
+        [vinfo("x", TensorProto.FLOAT, ["n", 2, "h", "w"])], [vinfo("y", TensorProto.FLOAT, ["n", 4, "h", "w"])],
+        [init("s", np.array([1, 1, 2, 2], np.float32))])
+    with pytest.raises(FrontendError, match=r"shape inference failed on operands "
+                                            r"tensor<1x2x8x8xf32>, tensor<1x2x9x9xf32>: \[ShapeInferenceError\]") as info:
+        import_model(model, {"x": (1, 2, 9, 9)})
+    assert "node 'neck'" in info.value.render()
+    assert import_model(model, {"x": (1, 2, 8, 8)}).outputs[0].type.shape == (1, 4, 8, 8)

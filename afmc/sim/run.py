@@ -385,11 +385,12 @@ def run_model(
 ) -> RunResult:
     """Compile an ONNX model for ``target`` (a spec or a name) and simulate it on ``inputs``.
 
-    Dynamic batch dimensions are compiled at min(rows of the inputs, ``batch``); without ``inputs`` the
+    Dynamic batch dimensions are compiled at min(rows of the inputs, ``batch``); an ideal run leaves the
+    ``calibrate`` pass out (its references and corrections do not act on ideal arrays). Without ``inputs`` the
     model is compiled for its static shapes, or ``input_shapes`` where it has dynamic dimensions, and runs
     on seeded sample inputs (as a bundle would)."""
     from ..bundle import sample_inputs
-    from ..driver import compile_module, load_module, load_target
+    from ..driver import compile_module, load_module, load_target, pipeline_for
 
     options = options or SimOptions()
     spec = load_target(target) if isinstance(target, str) else target
@@ -403,7 +404,10 @@ def run_model(
             shapes[name] = (min(shape[0], batch), *shape[1:]) if shape else shape
         shapes = _static_batch(model_path, shapes)
     module = load_module(model_path, shapes)
-    compilation = compile_module(module, spec, pipeline, seed=options.seed)
+    passes = pipeline_for(spec, pipeline)
+    if options.ideal:  # ideal arrays neither drift nor need corrections: calibrate would only cost time
+        passes = [p for p in passes if p.name != "calibrate"]
+    compilation = compile_module(module, spec, seed=options.seed, passes=passes)
     _warn_if_does_not_fit(compilation, spec, model_path)
     feeds = inputs if inputs is not None else sample_inputs(module, options.seed)
     return _result(str(model_path), module, spec, _cast_inputs(module, feeds), options, times,
