@@ -220,7 +220,7 @@ def _peaks_per_slice(layer: Any, high: np.ndarray, low: np.ndarray, lo: float, h
     return {key: (value if value > 0 else 1.0) for key, value in peaks.items()}
 
 
-def _slice_peaks(layer: Any, codes: list[np.ndarray], lo: float, hi: float) -> dict[int, float]:
+def _recorded_peaks(layer: Any, codes: list[np.ndarray], lo: float, hi: float) -> dict[int, float]:
     """`_peaks_per_slice` of recorded ADC inputs (per phase, (B, M, C))."""
     high = np.max([np.max(y, axis=1, initial=0.0) for y in codes], axis=0)
     low = np.min([np.min(y, axis=1, initial=0.0) for y in codes], axis=0)
@@ -429,8 +429,7 @@ class Calibrate(Pass):
             part = np.ascontiguousarray(unfolded[:, subset])
             part_reference = {k: v[subset] for k, v in reference.items()}
             scorer = _InputScaleScorer(
-                sim, layer, part, part_reference,
-                lambda: self._converted(sim, layer, part, part_reference, calls))
+                sim, layer, part_reference, lambda: self._converted(sim, layer, part, part_reference, calls))
             if self.input_range == "search":
                 peak = float(np.max(np.abs(unfolded))) if unfolded.size else 0.0
                 state.input_scale = _search_octaves(scorer, peak)
@@ -543,7 +542,7 @@ class Calibrate(Pass):
             # for it, as it will on new data (scored on the same vectors, the narrowest range that
             # holds them always looks best). Too few vectors to split: fitted and scored on all.
             fit, held = (scored[0::2], scored[1::2]) if len(scored) >= 4 else (scored, scored)
-            fitted = _slice_peaks(layer, [y[:, fit] for y in inputs], lo, hi)
+            fitted = _recorded_peaks(layer, [y[:, fit] for y in inputs], lo, hi)
             held_targets = {key: value[subset][held] for key, value in reference.items()}
 
             def trial(factors: dict[int, float]) -> None:
@@ -645,9 +644,11 @@ class _InputScaleScorer:
     (``convert``: `Calibrate._converted`), so that a scale is judged with the ADC it will get; every
     candidate sees the same noise draws."""
 
-    def __init__(self, sim: Any, layer: Any, unfolded: np.ndarray, reference: dict[int, np.ndarray],
+    def __init__(self, sim: Any, layer: Any, reference: dict[int, np.ndarray],
                  convert: Callable[[], tuple[dict[int, np.ndarray], dict[int, float]]]) -> None:
-        self.sim, self.layer, self.unfolded, self.reference, self.convert = sim, layer, unfolded, reference, convert
+        """``convert`` reads the scored vectors (whose ideal results are ``reference``) with the layer's
+        current input scale."""
+        self.sim, self.layer, self.reference, self.convert = sim, layer, reference, convert
         self.weights = _column_weights(layer)
         self.errors: dict[float | None, float] = {}
 
