@@ -292,6 +292,19 @@ def test_cli_check_and_unsupported_activation(tmp_path: Path, capsys: pytest.Cap
     assert len(err.splitlines()) == 1
 
 
+def test_too_long_a_sequence_is_refused_before_unrolling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unrolled step is ~15 ops: a 10^5-step sequence would take minutes and gigabytes to import."""
+    from afmc.frontend.recurrent import MAX_UNROLLED_STEPS
+
+    path = tmp_path / "long.onnx"
+    onnx.save(build("GRU", "bidirectional", steps=MAX_UNROLLED_STEPS // 2 + 1, batch=1, features=2, hidden=2,
+                    initial=False)[0], path)
+    assert main(["check", str(path), "--target", "pcm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("afmc: error:") and f"more than {MAX_UNROLLED_STEPS} steps" in err
+    assert len(err.splitlines()) == 1
+
+
 def test_omitted_middle_output_gets_a_usable_name() -> None:
     """An omitted output between used ones (Y omitted, Y_h used; Split's middle part) gets a fresh
     name that the importer can claim (it used to be reserved twice: an internal error)."""

@@ -49,6 +49,9 @@ from .importer import Importer, handles
 #: Gates per op, in the order the weights stack them (LSTM: i, o, f, c; GRU: z, r, h).
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 #: Default activation functions (f, g, h) per op.
+#: Most time steps (over all directions) a recurrent op is unrolled into: each step is ~15 ops, and
+#: `afmc check` takes ~3 ms per step (4000 steps: 12 s); longer sequences need a shorter --input-shape.
+MAX_UNROLLED_STEPS = 4096
 DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"), "RNN": ("Tanh",)}
 
 #: Activation name (lower case) -> (ONNX op it is, alpha default, beta default); None = takes none.
@@ -254,6 +257,9 @@ def import_recurrent(imp: Importer, node: NodeProto, loc: str) -> None:
     hidden = int(attrs.get("hidden_size", r.type.shape[-1]))
     if steps < 1 or hidden < 1:
         raise UnsupportedError(f"{kind} with {steps} time steps and hidden_size {hidden} is empty")
+    if steps * directions > MAX_UNROLLED_STEPS:
+        raise UnsupportedError(f"{kind} over {steps} time steps ({directions} direction(s)) would unroll into more "
+                               f"than {MAX_UNROLLED_STEPS} steps; give a shorter sequence with --input-shape")
     _expect(w, (directions, gates * hidden, features), f"{kind} W")
     _expect(r, (directions, gates * hidden, hidden), f"{kind} R")
     _expect(bias, (directions, 2 * gates * hidden), f"{kind} B")
