@@ -68,11 +68,8 @@ class Partition(Pass):
         if not 0.0 <= self.min_utilization <= 1.0:
             raise ValueError(f"min-utilization must be in [0, 1], got {self.min_utilization}")
 
-    def classify(
-        self, module: Module, op: Op, target: Any, chained: Mapping[int, int] | None = None
-    ) -> tuple[str, str]:
-        """(region, reason) for one op; ``chained`` is `recurrence_sizes` of the module (computed
-        here when not given)."""
+    def classify(self, module: Module, op: Op, target: Any, chained: Mapping[int, int]) -> tuple[str, str]:
+        """(region, reason) for one op; ``chained`` is `recurrence_sizes` of the module."""
         if op.name not in MATRIX_OPS:
             return "digital", "no analog implementation (digital unit)"
         view = matrix_view(module, op)
@@ -102,7 +99,7 @@ class Partition(Pass):
                 return "digital", (
                     f"too wasteful: array utilisation {used:.3%} < min-utilization={self.min_utilization:g}"
                 )
-        steps = (recurrence_sizes(module) if chained is None else chained).get(id(op))
+        steps = chained.get(id(op))
         if steps is not None:
             return "analog", (
                 f"static-weight {view.kind}, one of {steps} steps of a recurrence on one weight (they share its arrays)"
